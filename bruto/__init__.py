@@ -1,0 +1,1 @@
+"""bruto: a payment intermediary on Falcon, gunicorn + gevent and numpy shared memory."""

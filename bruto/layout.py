@@ -47,6 +47,15 @@ DISPATCH = Layout(
     counters=np.dtype([
         ("dispatcher_pid", "<i8"),
         ("started_at", "<i8"),
+        # Running totals since the regions were created, for the inspector.
+        ("attempts", "<i8"),
+        ("stored", "<i8"),
+        ("failed", "<i8"),
+        ("unknown", "<i8"),
+        ("lookups", "<i8"),
+        ("duplicates_dropped", "<i8"),
+        ("rejected", "<i8"),
+        ("purges", "<i8"),
     ]),
     # One record per intake slot.
     record=np.dtype([
@@ -110,8 +119,9 @@ HEALTH = Layout(
         ("next_poll_at", "<i8"),        # earliest next call (window, Retry-After)
         ("latency_p90_ms", "<i8"),      # of recent successful payments
         ("consecutive_failures", "<i8"),
-        ("breaker", "<i8"),             # see bruto.breaker
-        ("breaker_since", "<i8"),
+        ("breaker", "<i8"),             # CLOSED / OPEN / HALF_OPEN, see bruto.breaker
+        ("down_since", "<i8"),          # when the breaker last left CLOSED (0: up)
+        ("probe_at", "<i8"),            # when the last half-open probe started
     ]),
 )
 

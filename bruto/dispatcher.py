@@ -83,7 +83,8 @@ LATENCY_SAMPLES = 128
 class Dispatcher:
     def __init__(self, settings: Settings, policy: routing.Policy | None = None):
         self.settings = settings
-        self.policy = policy or routing.Policy(max_in_flight=settings.senders)
+        self.policy = policy or routing.Policy(
+            patience_us=int(settings.default_patience_s * 1_000_000), max_in_flight=settings.senders)
         self.slabs = [open_intake(settings, slot) for slot in range(settings.intake_slots)]
         self.dispatch = open_dispatch(settings)
         self.cursors = self.dispatch.records

@@ -25,9 +25,6 @@ log = logging.getLogger("bruto.health")
 # One call per 5 s window; the margin keeps two calls from ever landing in one
 # window through clock jitter (a second call would queue for the next window).
 POLL_INTERVAL_US = 5_100_000
-# After a failed call (connection refused, 5XX), try again this soon: a failed
-# call does not use the window's permit.
-ERROR_RETRY_US = 1_000_000
 
 
 class HealthPoller:
@@ -60,5 +57,3 @@ class HealthPoller:
         elif isinstance(report, RateLimited):
             row["next_poll_at"] = max(int(row["next_poll_at"]), now + int(report.retry_after_s * 1_000_000))
             log.warning("%s health rate-limited; next call in %.1f s", PROCESSOR_NAMES[processor], report.retry_after_s)
-        else:
-            row["next_poll_at"] = started + ERROR_RETRY_US

@@ -17,7 +17,8 @@ We cannot see the end, so the policy uses the one signal that predicts it:
 how long default has been down. Outages in the official timeline last 20 s
 (t = 20 s to 40 s); the backlog they leave (~20 s x 500/s = 10,000 payments)
 drains in a few seconds once default is back. ``DEFAULT_PATIENCE_S`` is
-therefore set past the longest outage we expect to recover from (30 s): below
+therefore set past the longest outage we expect to recover from
+(``Settings.default_patience_s``, 30 s by default): below
 it, every payment waits for default; past it, default is treated as down for
 good and new attempts go to fallback when fallback's breaker lets them, until
 default's breaker closes again (its probes continue meanwhile).
@@ -35,8 +36,6 @@ from bruto import breaker
 from bruto.layout import DEFAULT
 from bruto.layout import FALLBACK
 
-# Patience before paying the fallback fee (see the profit model above).
-DEFAULT_PATIENCE_S = 30.0
 # Payments per second the dispatcher should be able to sustain, for sizing
 # in-flight concurrency by Little's law (official peak: ~550/s).
 TARGET_RATE = 600.0
@@ -47,7 +46,7 @@ TIMEOUT_FLOOR_S = 1.0
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    patience_us: int = int(DEFAULT_PATIENCE_S * 1_000_000)
+    patience_us: int = 30_000_000
     target_rate: float = TARGET_RATE
     max_in_flight: int = 128
 

@@ -1,0 +1,132 @@
+"""Run a real bruto gateway (gunicorn + dispatcher processes) for integration tests.
+
+    gw = Gateway.start(tmp_path, processors, workers=2)
+    try:
+        gw.pay(uuid4(), "19.90")
+        gw.wait_settled(processors)
+    finally:
+        gw.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import requests
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    """gunicorn (N gevent workers) on a TCP port and one dispatcher, sharing a temp shm dir."""
+
+    def __init__(self, env: dict, port: int, log_dir: str):
+        self.env = env
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_dir = log_dir
+        self.http = requests.Session()
+        self.gunicorn: subprocess.Popen | None = None
+        self.dispatchers: list[subprocess.Popen] = []
+
+    @classmethod
+    def start(cls, tmp_path, processors, workers: int = 2, dispatcher: bool = True, **settings) -> "Gateway":
+        env = dict(os.environ)
+        env.update({
+            "BRUTO_SHM_DIR": str(tmp_path / "shm"),
+            "BRUTO_DEFAULT_URL": processors.default.url,
+            "BRUTO_FALLBACK_URL": processors.fallback.url,
+            "BRUTO_WORKERS": str(workers),
+            "BRUTO_LOG_LEVEL": "warning",
+        })
+        env.update({"BRUTO_" + k.upper(): str(v) for k, v in settings.items()})
+        port = free_port()
+        env["BRUTO_BIND"] = f"127.0.0.1:{port}"
+        gateway = cls(env, port, str(tmp_path))
+        gateway.gunicorn = gateway._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.py"])
+        gateway._wait_http()
+        if dispatcher:
+            gateway.start_dispatcher()
+        return gateway
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
+        return subprocess.Popen(command, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+    def start_dispatcher(self) -> subprocess.Popen:
+        process = self._spawn(f"dispatcher-{len(self.dispatchers)}", [sys.executable, "-m", "bruto.dispatcher"])
+        self.dispatchers.append(process)
+        return process
+
+    def _wait_http(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.gunicorn.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.log('gunicorn')}")
+            try:
+                self.http.get(self.url + "/payments-summary", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"gunicorn did not answer: {self.log('gunicorn')}")
+
+    def log(self, name: str) -> str:
+        with open(os.path.join(self.log_dir, f"{name}.log"), errors="replace") as f:
+            return f.read()[-4000:]
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.gunicorn.pid)],
+                             capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def pay(self, correlation_id=None, amount="19.90") -> requests.Response:
+        correlation_id = correlation_id or uuid.uuid4()
+        body = '{"correlationId":"%s","amount":%s}' % (correlation_id, amount)
+        return self.http.post(self.url + "/payments", data=body, timeout=5,
+                              headers={"Content-Type": "application/json"})
+
+    def summary(self, from_: str | None = None, to: str | None = None) -> dict:
+        params = {k: v for k, v in (("from", from_), ("to", to)) if v is not None}
+        response = self.http.get(self.url + "/payments-summary", params=params, timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def wait_settled(self, processors, expected: int, timeout: float = 30.0) -> dict:
+        """Wait until the processors together hold `expected` payments and our summary agrees."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ours = self.summary()
+            stored = (processors.default.admin_summary()["totalRequests"]
+                      + processors.fallback.admin_summary()["totalRequests"])
+            counted = ours["default"]["totalRequests"] + ours["fallback"]["totalRequests"]
+            if stored >= expected and counted == stored:
+                return ours
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not settled: processors hold {stored}, we count {counted}, "
+                                     f"expected {expected}\n{self.log('dispatcher-0')}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for process in [*self.dispatchers, self.gunicorn]:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in [*self.dispatchers, self.gunicorn]:
+            if process is None:
+                continue
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

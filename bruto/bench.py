@@ -90,6 +90,9 @@ def score(summary: dict) -> dict:
         "http_requests": int(_metric(metrics, "http_reqs", "count")),
         "consistency_probes_failed": int(_metric(metrics, "consistency_probes_failed", "count")),
         "teardown_ok": bool(_metric(metrics, "teardown_ok", "value")),
+        "p99_payments": round(_metric(metrics, "http_req_duration{scenario:payments}", "p(99)"), 3),
+        "p99_consistency": round(_metric(metrics, "http_req_duration{scenario:consistency}", "p(99)"), 3),
+        "median_payments": round(_metric(metrics, "http_req_duration{scenario:payments}", "med"), 3),
     }
 
 

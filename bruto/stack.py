@@ -76,6 +76,7 @@ class Service:
         ready: How to tell it answers: ``("http", url, headers)``,
             ``("unix", socket_path, url_path)`` or ``("alive", seconds)``.
         limited: Whether ``--limits`` confines it.
+        extra_logs: Logs it writes besides its output (shown when it fails).
     """
 
     name: str
@@ -83,6 +84,7 @@ class Service:
     env: dict[str, str]
     ready: tuple
     limited: bool = True
+    extra_logs: list[str] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------- services
@@ -148,12 +150,20 @@ def floor_services(run_dir: Path, port: int = 9998) -> list[Service]:
 
 def nginx_service(name: str, conf: Path, run_dir: Path, port: int) -> Service:
     """nginx in the foreground, its pid file and error log in the run directory."""
-    directives = f"daemon off; pid {run_dir / name}.pid; error_log {run_dir / name}-error.log warn;"
+    error_log = run_dir / f"{name}-error.log"
+    directives = f"daemon off; pid {run_dir / name}.pid; error_log {error_log} warn;"
+    if os.geteuid() == 0:
+        # NOTE: started by root, nginx runs its worker as 'nobody', which cannot
+        # reach sockets under a private directory (pytest's tmp, mkdtemp). The
+        # worker keeps the starting user instead; this is a local stack on
+        # 127.0.0.1, and the compose file runs nginx its own way.
+        directives += " user root;"
     return Service(
         name,
         ["nginx", "-p", str(run_dir), "-c", str(conf), "-g", directives],
         {},
         ready=("http", f"http://127.0.0.1:{port}/payments-summary", {}),
+        extra_logs=[str(error_log)],
     )
 
 
@@ -320,6 +330,13 @@ def tail(path: str | Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
+def logs_of(service: Service, record: dict) -> str:
+    """The tails of every log of a service, for a failure message."""
+    return "\n".join(
+        f"last lines of {path}:\n{tail(path)}" for path in [record["log"]] + service.extra_logs
+    )
+
+
 def probe(ready: tuple) -> str | None:
     """Ask a service once whether it answers; None if it does, else why not."""
     kind = ready[0]
@@ -383,6 +400,10 @@ class Stack:
         self.services = services or []
         self.limits = limits
         self.scratch_dirs = scratch_dirs or []
+        # NOTE: the Popen objects are kept so that only they reap their
+        # process: a dropped Popen is reaped by subprocess behind our back,
+        # and its exit status is lost.
+        self._children: dict[int, subprocess.Popen] = {}
         self.state_file = self.run_dir / "state.json"
 
     def load_state(self) -> dict:
@@ -415,9 +436,7 @@ class Stack:
                 raise StackError(f"a stack is already running from {self.run_dir}; run down first")
             # A stack that died without down: clear its cgroups and directories.
             self.down()
-        # NOTE: nginx's workers run as 'nobody' and must reach the sockets here.
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.chmod(0o755)
         state = {
             "run_dir": str(self.run_dir),
             "processes": [],
@@ -466,6 +485,7 @@ class Stack:
                 )
             except FileNotFoundError as error:
                 raise StackError(f"{service.name}: cannot run {argv[0]!r}: {error}") from None
+        self._children[process.pid] = process
         return {
             "name": service.name,
             "pid": process.pid,
@@ -482,12 +502,9 @@ class Stack:
             deadline = time.monotonic() + service.ready[1]
         reason = "no answer yet"
         while True:
-            status = exit_status(record["pid"])
+            status = self._exit_status(record["pid"])
             if status is not None:
-                raise StackError(
-                    f"{service.name} exited ({status}) while starting; "
-                    f"last lines of {record['log']}:\n{tail(record['log'])}"
-                )
+                raise StackError(f"{service.name} exited ({status}) while starting; {logs_of(service, record)}")
             if service.ready[0] == "alive":
                 if time.monotonic() >= deadline:
                     return
@@ -498,9 +515,23 @@ class Stack:
                 if time.monotonic() >= deadline:
                     raise StackError(
                         f"{service.name} did not answer within {READY_TIMEOUT_S:.0f} s ({reason}); "
-                        f"last lines of {record['log']}:\n{tail(record['log'])}"
+                        f"{logs_of(service, record)}"
                     )
             time.sleep(0.05)
+
+    def _exit_status(self, pid: int) -> int | None:
+        """Exit status of a process we started, None while it runs."""
+        child = self._children.get(pid)
+        if child is not None:
+            return child.poll()
+        # Started by another invocation: not ours to wait for.
+        return None if start_time(pid) is not None else -1
+
+    def _reap(self, pid: int) -> None:
+        """Collect a child that has exited, so it does not linger as a zombie."""
+        child = self._children.get(pid)
+        if child is not None:
+            child.poll()
 
     @staticmethod
     def alive(record: dict) -> bool:
@@ -536,10 +567,10 @@ class Stack:
         if not leader_ours and start_time(pid) is not None:
             return [f"{record['name']}: PID {pid} is now another process; left alone"]
         signal_group(pid, signal.SIGTERM)
-        reap(pid)
+        self._reap(pid)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while group_members(pid) and time.monotonic() < deadline:
-            reap(pid)
+            self._reap(pid)
             time.sleep(0.05)
         problems = []
         if group_members(pid):
@@ -584,22 +615,6 @@ class Stack:
         return rows
 
 
-def exit_status(pid: int) -> int | None:
-    """Reap a child if it has exited; its exit status, else None."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        # Not our child (another invocation started it): look it up instead.
-        return None if start_time(pid) is not None else -1
-    return os.waitstatus_to_exitcode(status) if done else None
-
-
-def reap(pid: int) -> None:
-    """Collect a child that has exited, so it does not linger as a zombie."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def signal_group(pgid: int, signum: int) -> None:

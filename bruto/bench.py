@@ -242,6 +242,24 @@ class Resources:
 # -------------------------------------------------------------------- main
 
 
+def machine() -> dict:
+    """What the figures were measured on; the load average shows other work running beside."""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        "unknown",
+    )
+    revision = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=stack_mod.REPO_ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "load_average_at_end": os.getloadavg(),
+        "git_revision": revision or None,
+    }
+
+
 def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
@@ -338,6 +356,7 @@ def run(args: argparse.Namespace) -> dict:
         },
         "runs": runs,
     }
+    output["machine"] = machine()
     output["setup"] = {
         "target": args.target or "bruto-stack (started by the bench)",
         "limits": limits,

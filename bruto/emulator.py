@@ -42,6 +42,7 @@ HEALTH_QUEUE = 2
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _ONE_US = datetime.timedelta(microseconds=1)
 _CENT = decimal.Decimal("0.01")
+_MAX_AMOUNT = decimal.Decimal(1 << 62) / 100
 
 _PROCESSED = orjson.dumps({"message": "payment processed successfully"})
 _PURGED = orjson.dumps({"message": "All payments purged."})
@@ -135,10 +136,9 @@ def parse_amount_cents(value: object) -> int:
     if isinstance(value, float) and not math.isfinite(value):
         raise BadRequest("amount must be finite")
     exact = decimal.Decimal(repr(value)) if isinstance(value, float) else decimal.Decimal(value)
-    cents = int(exact.quantize(_CENT, rounding=decimal.ROUND_HALF_UP).scaleb(2))
-    if abs(cents) >= 1 << 62:  # cents live in int64 columns of the store
+    if abs(exact) >= _MAX_AMOUNT:  # cents live in int64 columns of the store
         raise BadRequest("amount out of range")
-    return cents
+    return int(exact.quantize(_CENT, rounding=decimal.ROUND_HALF_UP).scaleb(2))
 
 
 def parse_correlation_id(value: object) -> str:

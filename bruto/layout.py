@@ -101,8 +101,10 @@ LEDGER = Layout(
         ("requested_at", "<i8"),
         ("amount_cents", "<i8"),
         ("processor", "u1"),
-        ("pad", "V7"),
     ]),
+    # Summaries scan requested_at, amount_cents and processor over the whole
+    # ring: one contiguous array each makes that a few memory-bound passes.
+    columnar=True,
 )
 
 HEALTH = Layout(

@@ -1,10 +1,11 @@
 """The ledger: every payment a processor confirmed, with what was sent to it.
 
-A ring of records written only by the dispatcher. ``count`` grows forever and
-record ``i`` lives at ``i % capacity``; ``start`` is the first index that still
-counts (a purge moves it to ``count``). When the ring wraps, the oldest record
-is overwritten and ``evicted_until`` remembers the latest ``requested_at`` lost
-that way, so a summary can tell whether its window reaches lost data.
+A ring written only by the dispatcher, stored by columns (one contiguous
+array per field). ``count`` grows forever and record ``i`` lives at
+``i % capacity``; ``start`` is the first index that still counts (a purge
+moves it to ``count``). When the ring wraps, the oldest record is overwritten
+and ``evicted_until`` remembers the latest ``requested_at`` lost that way, so a
+summary can tell whether its window reaches lost data.
 """
 
 from __future__ import annotations
@@ -22,20 +23,24 @@ class LedgerWriter:
     def __init__(self, region: Region):
         self._region = region
         self._counters = region.counters
-        self._records = region.records
         self._capacity = region.capacity
+        columns = region.columns
+        self._ids = columns["correlation_id"]
+        self._requested_at = columns["requested_at"]
+        self._amounts = columns["amount_cents"]
+        self._processors = columns["processor"]
 
     def append(self, correlation_id: bytes, requested_at: int, amount_cents: int, processor: int) -> None:
         index = int(self._counters["count"])
-        record = self._records[index % self._capacity]
+        slot = index % self._capacity
         if index - self._capacity >= int(self._counters["start"]):
-            evicted = int(record["requested_at"])
+            evicted = int(self._requested_at[slot])
             if evicted > int(self._counters["evicted_until"]):
                 self._counters["evicted_until"] = evicted
-        record["correlation_id"] = correlation_id
-        record["requested_at"] = requested_at
-        record["amount_cents"] = amount_cents
-        record["processor"] = processor
+        self._ids[slot] = correlation_id
+        self._requested_at[slot] = requested_at
+        self._amounts[slot] = amount_cents
+        self._processors[slot] = processor
         self._counters["count"] = index + 1  # publish (see bruto.shm)
 
     def purge(self) -> None:
@@ -46,7 +51,7 @@ class LedgerWriter:
         """Ids of every record still counted: the dispatcher's dedup memory after a restart."""
         ids = set()
         for part in _retained(self._region):
-            ids.update(v.tobytes() for v in part["correlation_id"])
+            ids.update(v.tobytes() for v in self._ids[part])
         return ids
 
 
@@ -61,26 +66,31 @@ class Totals:
 
 def totals(region: Region, since: int | None, until: int | None) -> Totals:
     """Vectorized sums over the ledger, bounds inclusive, either one optional."""
+    columns = region.columns
     requests = [0, 0]
     cents = [0, 0]
     for part in _retained(region):
-        requested_at = part["requested_at"]
+        amounts = columns["amount_cents"][part]
+        is_fallback = columns["processor"][part].view(bool)  # 0 or 1: default or fallback
         if since is None and until is None:
-            amounts = part["amount_cents"]
-            processors = part["processor"]
+            selected = None
+            fallback = is_fallback
         else:
-            mask = np.ones(len(part), dtype=bool)
-            if since is not None:
-                mask &= requested_at >= since
-            if until is not None:
-                mask &= requested_at <= until
-            amounts = part["amount_cents"][mask]
-            processors = part["processor"][mask]
-        is_fallback = processors.astype(bool)
-        total_cents = int(amounts.sum())
-        fallback_cents = int(amounts[is_fallback].sum())
-        fallback_requests = int(np.count_nonzero(is_fallback))
-        requests[0] += len(amounts) - fallback_requests
+            requested_at = columns["requested_at"][part]
+            if since is None:
+                selected = requested_at <= until
+            elif until is None:
+                selected = requested_at >= since
+            else:
+                selected = requested_at >= since
+                selected &= requested_at <= until
+            fallback = selected & is_fallback
+        # Sums with `where=` skip the copies that boolean indexing would make.
+        total_requests = len(amounts) if selected is None else int(np.count_nonzero(selected))
+        total_cents = int(np.sum(amounts, where=selected)) if selected is not None else int(amounts.sum())
+        fallback_requests = int(np.count_nonzero(fallback))
+        fallback_cents = int(np.sum(amounts, where=fallback))
+        requests[0] += total_requests - fallback_requests
         requests[1] += fallback_requests
         cents[0] += total_cents - fallback_cents
         cents[1] += fallback_cents
@@ -90,8 +100,8 @@ def totals(region: Region, since: int | None, until: int | None) -> Totals:
     return Totals(tuple(requests), tuple(cents), truncated)
 
 
-def _retained(region: Region) -> list[np.ndarray]:
-    """The records still counted, oldest first, as at most two views (no copy)."""
+def _retained(region: Region) -> list[slice]:
+    """Ring slots of the records still counted, oldest first, as at most two slices."""
     counters = region.counters
     capacity = region.capacity
     count = int(counters["count"])  # load the publication counter first
@@ -99,9 +109,8 @@ def _retained(region: Region) -> list[np.ndarray]:
     if count <= first:
         return []
     lo, hi = first % capacity, count % capacity
-    records = region.records
     if count - first == capacity:
-        return [records[lo:], records[:lo]] if lo else [records]
+        return [slice(lo, capacity), slice(0, lo)] if lo else [slice(0, capacity)]
     if lo < hi:
-        return [records[lo:hi]]
-    return [records[lo:], records[:hi]]
+        return [slice(lo, hi)]
+    return [slice(lo, capacity), slice(0, hi)]

@@ -59,12 +59,17 @@ class Layout:
         version: bump whenever ``counters`` or ``record`` change.
         counters: dtype of the single counters row (int64 fields).
         record: dtype of one record.
+        columnar: store each field of the records as its own contiguous
+            array (``Region.columns``) instead of an array of records
+            (``Region.records``): vectorized scans over one field then read
+            contiguous memory instead of striding over whole records.
     """
 
     kind: bytes
     version: int
     counters: np.dtype
     record: np.dtype
+    columnar: bool = False
 
     @property
     def counters_size(self) -> int:
@@ -79,7 +84,8 @@ class Layout:
 
 
 class Region:
-    """A mapped region: ``counters`` (one structured row) and ``records``.
+    """A mapped region: ``counters`` (one structured row) and ``records``
+    (or, for a columnar layout, ``columns``: one array per record field).
 
     Use :meth:`open` (create if missing, else attach) or :meth:`attach`.
     """
@@ -93,7 +99,16 @@ class Region:
         counters_end = layout.records_offset
         # A 0-d view: `counters["written"]` reads and writes shared memory.
         self.counters = mapping[HEADER_SIZE:HEADER_SIZE + layout.counters.itemsize].view(layout.counters)[0]
-        self.records = mapping[counters_end:counters_end + self.capacity * layout.record.itemsize].view(layout.record)
+        if layout.columnar:
+            self.records = None
+            self.columns = {}
+            offset = counters_end
+            for name in layout.record.names:
+                field = layout.record.fields[name][0]
+                self.columns[name] = mapping[offset:offset + self.capacity * field.itemsize].view(field)
+                offset += self.capacity * field.itemsize
+        else:
+            self.records = mapping[counters_end:counters_end + self.capacity * layout.record.itemsize].view(layout.record)
 
     @classmethod
     def attach(cls, path: str, layout: Layout, capacity: int | None = None) -> "Region":

@@ -20,13 +20,25 @@ from bruto.shm import RegionError
 
 def test_a_created_region_is_attached_with_its_layout(tmp_path):
     path = str(tmp_path / "ledger.bin")
-    created = Region.open(path, LEDGER, 1000)
+    created = Region.open(path, INTAKE, 1000)
     created.records[3]["amount_cents"] = 1990
-    created.counters["count"] = 4
-    attached = Region.attach(path, LEDGER, 1000)
+    created.counters["written"] = 4
+    attached = Region.attach(path, INTAKE, 1000)
     assert attached.capacity == 1000
-    assert int(attached.counters["count"]) == 4
+    assert int(attached.counters["written"]) == 4
     assert int(attached.records[3]["amount_cents"]) == 1990
+
+
+def test_a_columnar_region_keeps_each_field_contiguous(tmp_path):
+    path = str(tmp_path / "ledger.bin")
+    created = Region.open(path, LEDGER, 1000)
+    created.columns["amount_cents"][999] = 1990
+    created.columns["processor"][0] = 1
+    attached = Region.attach(path, LEDGER, 1000)
+    assert attached.columns["amount_cents"].flags["C_CONTIGUOUS"]
+    assert int(attached.columns["amount_cents"][999]) == 1990
+    assert int(attached.columns["processor"][0]) == 1
+    assert int(attached.columns["requested_at"][999]) == 0  # fields do not overlap
 
 
 def test_attaching_a_missing_region_fails_clearly(tmp_path):

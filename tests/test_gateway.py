@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -112,6 +115,30 @@ def test_a_worker_killed_mid_load_loses_nothing_it_accepted(gateway, clean_proce
     missing = [i for i in accepted if clean_processors.default.get_payment(i) is None]
     assert missing == []
     assert_matches_processors(gateway, clean_processors)
+
+
+def test_the_inspector_shows_what_shared_memory_holds(gateway, clean_processors):
+    for _ in range(3):
+        gateway.pay(amount="2.50")
+    gateway.wait_settled(clean_processors, expected=3)
+    shown = subprocess.run([sys.executable, "-m", "bruto.inspect", "--json", "--shm-dir", gateway.env["BRUTO_SHM_DIR"]],
+                           capture_output=True, text=True, check=True)
+    snap = json.loads(shown.stdout)
+    assert snap["ledger"]["default"] == {"totalRequests": 3, "totalCents": 750}
+    assert snap["dispatcher"]["dispatcher_alive"] is True
+    assert snap["dispatcher"]["stored"] == 3
+    assert sum(slab["written"] for slab in snap["intake"]) == 3
+    assert sum(slab["backlog"] for slab in snap["intake"]) == 0
+    table = subprocess.run([sys.executable, "-m", "bruto.inspect", "--shm-dir", gateway.env["BRUTO_SHM_DIR"]],
+                           capture_output=True, text=True, check=True).stdout
+    assert "default : 3 payments, 7.50; breaker closed" in table
+
+
+def test_the_inspector_refuses_a_directory_without_regions(tmp_path):
+    shown = subprocess.run([sys.executable, "-m", "bruto.inspect", "--shm-dir", str(tmp_path)],
+                           capture_output=True, text=True)
+    assert shown.returncode == 1
+    assert "does not exist" in shown.stderr
 
 
 def test_purge_without_a_dispatcher_says_so(tmp_path, clean_processors):

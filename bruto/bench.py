@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -112,6 +113,13 @@ def summary_line(label: str, result: dict) -> str:
     resources = result.get("resources") or {}
     if resources.get("peak_memory_mb") is not None:
         line += f"  peak {resources['peak_memory_mb']:.0f} MB  cpu {resources['cpu_seconds']:.1f} s"
+        if resources.get("throttled_seconds") is not None:
+            line += f" (throttled {resources['throttled_seconds']:.2f} s)"
+    if result.get("cpu"):
+        line += (
+            f"  machine busy {result['cpu']['machine_busy_seconds']:.0f} cpu-s"
+            f" (k6 {result['cpu']['k6_seconds']:.0f})"
+        )
     return line
 
 
@@ -162,6 +170,8 @@ def run_k6(
         "-e", f"SUMMARY_FILE={summary_file}",
         str(SCRIPT),
     ]
+    busy_before = machine_busy_seconds()
+    k6_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_file, "wb") as log:
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir)
         try:
@@ -174,7 +184,26 @@ def run_k6(
         raise RuntimeError(
             f"k6 ({label}) exited {code}; last lines of {log_file}:\n{stack_mod.tail(log_file)}"
         )
-    return json.loads(summary_file.read_text())
+    k6_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = json.loads(summary_file.read_text())
+    # NOTE: on a shared machine, what else ran during the test explains much of
+    # a p99: the busy time of every CPU against k6's own share of it (k6 is the
+    # only child reaped while it runs).
+    summary["cpu"] = {
+        "machine_busy_seconds": round(machine_busy_seconds() - busy_before, 2),
+        "k6_seconds": round(
+            k6_after.ru_utime + k6_after.ru_stime - k6_before.ru_utime - k6_before.ru_stime, 2
+        ),
+    }
+    return summary
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------- resources
@@ -225,17 +254,19 @@ class Resources:
             return {"peak_memory_mb": round(self.peak_rss / 2**20, 1), "cpu_seconds": round(cpu, 2),
                     "measured_by": "RSS sampling every 0.2 s (no cgroups)"}
         usage = stack_mod.cgroup_usage(self.state["cgroups"][""])
+        # NOTE: each service's quota throttles on its own; the parent's
+        # counters only count the parent's (total) quota.
         per_service = {
-            name: round(stack_mod.cgroup_usage(paths)["peak_memory_mb"], 1)
+            name: {k: round(v, 3) for k, v in stack_mod.cgroup_usage(paths).items() if k != "memory_mb"}
             for name, paths in self.state["cgroups"].items() if name
         }
         return {
             "peak_memory_mb": round(usage["peak_memory_mb"], 1),
             "cpu_seconds": round(cpu, 2),
-            "throttled_periods": usage["throttled_periods"],
-            "throttled_seconds": round(usage["throttled_seconds"], 3),
-            "peak_memory_mb_per_service": per_service,
-            "measured_by": "cgroup v1 memory.max_usage_in_bytes and cpuacct.usage",
+            "throttled_periods": sum(s["throttled_periods"] for s in per_service.values()),
+            "throttled_seconds": round(sum(s["throttled_seconds"] for s in per_service.values()), 3),
+            "per_service": per_service,
+            "measured_by": "cgroup v1 memory.max_usage_in_bytes and cpuacct.usage (whole life), cpu.stat",
         }
 
 
@@ -291,7 +322,7 @@ def run(args: argparse.Namespace) -> dict:
         if args.target:
             summary = run_k6(out_dir, f"bruto-{index + 1}", args.target, default_url, fallback_url,
                              args.max_requests, report)
-            return {"score": score(summary), "resources": None}
+            return {"score": score(summary), "resources": None, "cpu": summary["cpu"]}
         run_dir = out_dir / f"bruto-{index + 1}"
         shm_dir = f"/dev/shm/bruto-bench-{os.getpid()}-{index + 1}"
         bruto = stack_mod.Stack(
@@ -306,12 +337,12 @@ def run(args: argparse.Namespace) -> dict:
             resources.start()
             summary = run_k6(out_dir, f"bruto-{index + 1}", "http://127.0.0.1:9999", default_url,
                              fallback_url, args.max_requests, report)
-            return {"score": score(summary), "resources": resources.stop()}
+            return {"score": score(summary), "resources": resources.stop(), "cpu": summary["cpu"]}
         finally:
             for problem in bruto.down():
                 print(f"bruto stack: {problem}", file=sys.stderr)
 
-    def measure_floor(index: int) -> float:
+    def measure_floor(index: int) -> dict:
         run_dir = out_dir / f"floor-{index + 1}"
         floor = stack_mod.Stack(run_dir, stack_mod.floor_services(run_dir, FLOOR_PORT))
         floor.up()
@@ -320,21 +351,29 @@ def run(args: argparse.Namespace) -> dict:
                              default_url, fallback_url, args.max_requests)
         finally:
             floor.down()
-        return score(summary)["p99"]
+        floor_score = score(summary)
+        return {
+            "p99": floor_score["p99"],
+            "p99_payments": floor_score["p99_payments"],
+            "failures": floor_score["failures"],
+            "cpu": summary["cpu"],
+        }
 
     runs = []
     if processors:
         processors.up()
     try:
         for index in range(args.runs):
-            floor_p99 = None
+            floor = None
             # NOTE: alternate the order, so that neither side always runs on a
             # machine still busy (or freshly idle) from the other.
             if not args.no_floor and index % 2 == 1:
-                floor_p99 = measure_floor(index)
+                floor = measure_floor(index)
             result = measure_bruto(index)
             if not args.no_floor and index % 2 == 0:
-                floor_p99 = measure_floor(index)
+                floor = measure_floor(index)
+            floor_p99 = None if floor is None else floor["p99"]
+            result["floor"] = floor
             result["floor_p99"] = floor_p99
             result["p99_over_floor"] = (
                 None if floor_p99 is None else round(result["score"]["p99"] - floor_p99, 3)

@@ -94,7 +94,11 @@ def run_k6(k6: str, target: str, vus: int, seconds: int, pace_s: float, workdir:
     metrics = json.loads(summary_file.read_text())["metrics"]
     requests_ = metrics["http_reqs"]["values"]
     duration = metrics["http_req_duration"]["values"]
-    return {"requests": int(requests_["count"]), "per_second": round(requests_["rate"]),
+    # k6's rate divides by its whole wall time (start-up and graceful stop
+    # included); per_second is over the scenario's own duration.
+    return {"requests": int(requests_["count"]),
+            "per_second": round(requests_["count"] / seconds),
+            "k6_rate": round(requests_["rate"]),
             "errors": int(metrics["http_req_failed"]["values"]["passes"]),
             "p99_ms": round(duration["p(99)"], 2), "max_ms": round(duration["max"], 1)}
 

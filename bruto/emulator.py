@@ -64,10 +64,14 @@ class Processor:
         health_window: Seconds per window of the service-health rate limit.
         max_concurrency: Requests admitted at once on /payments routes.
         max_queue: Requests queued beyond those; the rest get 429.
+        health_log: If given, a text file that gets the arrival time (epoch
+            seconds) of every service-health call, one per line: tests count
+            a client's calls with it.
     """
 
     def __init__(self, fee: str, token: str, health_window: float,
-                 max_concurrency: int = MAX_CONCURRENCY, max_queue: int = MAX_QUEUE):
+                 max_concurrency: int = MAX_CONCURRENCY, max_queue: int = MAX_QUEUE,
+                 health_log: str | None = None):
         self.fee = decimal.Decimal(fee)
         self.token = token
         self.delay_ms = 0
@@ -75,6 +79,7 @@ class Processor:
         self.store = PaymentStore()
         self.payments_limiter = ConcurrencyLimiter(max_concurrency, max_queue)
         self.health_limiter = FixedWindowLimiter(health_window, HEALTH_QUEUE)
+        self.health_log = open(health_log, "a", buffering=1) if health_log else None
 
 
 PROCESSOR = web.AppKey("processor", Processor)
@@ -245,6 +250,8 @@ async def get_payment(request: web.Request) -> web.Response:
 async def service_health(request: web.Request) -> web.Response:
     """GET /payments/service-health, behind the fixed-window rate limit."""
     processor = request.app[PROCESSOR]
+    if processor.health_log is not None:
+        processor.health_log.write(f"{time.time():.6f}\n")
     wait = processor.health_limiter.claim()
     if wait is None:
         retry_after = processor.health_limiter.retry_after()
@@ -372,6 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-concurrency", type=int, default=MAX_CONCURRENCY,
                         help=argparse.SUPPRESS)
     parser.add_argument("--max-queue", type=int, default=MAX_QUEUE, help=argparse.SUPPRESS)
+    parser.add_argument("--health-log", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -382,7 +390,7 @@ async def serve(args: argparse.Namespace) -> None:
     socket accepts connections; callers that pass --port 0 read the port from it.
     """
     processor = Processor(str(args.fee), args.token, args.health_window,
-                          args.max_concurrency, args.max_queue)
+                          args.max_concurrency, args.max_queue, args.health_log)
     # No access log: at 1,500 requests/s it would cost more than the requests.
     runner = web.AppRunner(make_app(processor), access_log=None, shutdown_timeout=1.0)
     await runner.setup()

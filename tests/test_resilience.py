@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+import types
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -183,3 +184,26 @@ def test_a_standby_dispatcher_takes_over_when_the_active_one_dies(tmp_path, clea
         gw.wait_settled(clean_processors, expected=2)
     finally:
         gw.stop()
+
+
+def test_health_is_polled_within_the_rate_limit_across_a_dispatcher_takeover(tmp_path, start_emulator):
+    logs = {name: tmp_path / f"{name}-health.log" for name in ("default", "fallback")}
+    pair = types.SimpleNamespace(
+        default=start_emulator("0.05", extra_args=("--health-log", str(logs["default"]))),
+        fallback=start_emulator("0.15", extra_args=("--health-log", str(logs["fallback"]))))
+    gw = Gateway.start(tmp_path, pair, workers=1)
+    try:
+        time.sleep(0.5)
+        gw.start_dispatcher()  # the candidate standing by
+        time.sleep(6)
+        os.kill(gw.dispatchers[0].pid, signal.SIGKILL)
+        time.sleep(10)
+        assert gw.pay().status_code == 202
+        gw.wait_settled(pair, expected=1)
+    finally:
+        gw.stop()
+    for name, log in logs.items():
+        calls = [float(line) for line in log.read_text().split()]
+        assert len(calls) >= 3, (name, calls)  # polled before and after the takeover
+        gaps = [later - earlier for earlier, later in zip(calls, calls[1:])]
+        assert min(gaps) >= 5.0, (name, gaps)

@@ -288,6 +288,14 @@ class Resources:
 # -------------------------------------------------------------------- main
 
 
+def git_revision() -> str | None:
+    """The revision of the code under test (the working tree: dirty says it differs)."""
+    revision = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=stack_mod.REPO_ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return revision or None
+
+
 def machine() -> dict:
     """What the figures were measured on; the load average shows other work running beside."""
     model = next(
@@ -295,15 +303,7 @@ def machine() -> dict:
          if line.startswith("model name")),
         "unknown",
     )
-    revision = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=stack_mod.REPO_ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "load_average_at_end": os.getloadavg(),
-        "git_revision": revision or None,
-    }
+    return {"cpus": os.cpu_count(), "cpu_model": model, "load_average_at_end": os.getloadavg()}
 
 
 def _median(values: list[float]) -> float:
@@ -312,6 +312,8 @@ def _median(values: list[float]) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     """Every run of the invocation; returns the JSON result."""
+    # Taken first: others may commit while the runs last.
+    revision = git_revision()
     out_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="bruto-bench-")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     limits = not args.no_limits and args.target is None
@@ -412,6 +414,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     output["machine"] = machine()
     output["setup"] = {
+        "git_revision": revision,
         "target": args.target or "bruto-stack (started by the bench)",
         "limits": limits,
         "limits_note": limits_note,

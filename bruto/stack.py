@@ -417,11 +417,8 @@ class Stack:
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.state_file)
 
-    def up(self, extra_state: dict | None = None) -> dict:
+    def up(self) -> dict:
         """Start every service in order, each one answering before the next starts.
-
-        Args:
-            extra_state: Recorded in state.json beside the processes.
 
         Returns:
             The recorded state.
@@ -443,15 +440,18 @@ class Stack:
             "cgroups": {},
             "scratch_dirs": [d for d in self.scratch_dirs if not os.path.exists(d)],
         }
-        state.update(extra_state or {})
         if self.limits:
             reason = cgroups_unavailable_reason()
             if reason:
                 raise StackError(f"--limits: {reason}")
-            state["cgroups"] = create_cgroups(f"bruto-{os.getpid()}")
+            state["cgroups"] = create_cgroups(f"bruto-{os.getpid()}-{self.run_dir.name}")
         self._save(state)
         try:
             for service in self.services:
+                # Something else on our port would answer the readiness probe
+                # while our process fails to bind: refuse before starting.
+                if service.ready[0] == "http" and probe(service.ready) is None:
+                    raise StackError(f"{service.name}: {service.ready[1]} already answers; another stack is up?")
                 state["processes"].append(self._start(service, state["cgroups"]))
                 self._save(state)
                 self._wait_ready(service, state["processes"][-1])

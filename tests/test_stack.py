@@ -202,3 +202,28 @@ def test_rendered_nginx_configs_are_valid(tmp_path):
             capture_output=True, text=True,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_refuses_a_port_something_else_answers(tmp_path):
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        services = [stack.Service("late", ["sleep", "60"], {}, ready=("http", url, {}), limited=False)]
+        with pytest.raises(stack.StackError, match="late: .* already answers"):
+            stack.Stack(tmp_path / "run", services).up()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert b"sleep\x0060\x00" not in live_children_cmdlines()

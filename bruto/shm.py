@@ -94,6 +94,9 @@ class Region:
         self.path = path
         self.layout = layout
         self._mapping = mapping
+        # NOTE: views of a plain ndarray, not of the np.memmap subclass, whose
+        # Python-level __getitem__ would run on every record access.
+        mapping = mapping.view(np.ndarray)
         header = mapping[:HEADER_SIZE].view(HEADER)[0]
         self.capacity = int(header["capacity"])
         counters_end = layout.records_offset

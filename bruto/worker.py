@@ -1,0 +1,422 @@
+"""A gunicorn worker on gevent that parses HTTP/1.1 with httptools (llhttp, in C).
+
+Select it with ``BRUTO_WORKER_CLASS=bruto.worker.HttptoolsGeventWorker``
+(conf/gunicorn.py reads that variable).
+
+Why: gunicorn's own gevent worker spends ~140-210 µs of CPU per POST /payments
+(tools/bench_worker.py), of which Falcon and bruto take ~15 %: the rest is
+gunicorn's pure-Python parser (``Request.__init__``: 15 %), its environ and
+response objects, a ``gevent.Timeout`` per request and two ``datetime.now()``
+for the access log (docs/BENCHMARKS.md has the profile). This worker keeps
+everything gunicorn does as a process manager (the arbiter, signals, the
+heartbeat, graceful stop, max_requests) and gevent as the concurrency model
+(one greenlet per connection, cooperative sockets), and replaces only the
+per-connection loop: llhttp parses, a small per-connection template environ is
+copied per request, and every answer of a read goes out in one ``send``.
+
+Behaviour:
+- HTTP/1.0 and 1.1, keep-alive as the request asks (``Connection``), pipelined
+  requests answered in order, chunked request bodies de-chunked (the app sees
+  ``CONTENT_LENGTH`` of the whole body).
+- ``Expect: 100-continue`` is answered before the body is read.
+- A request line over ``limit_request_line``, more header bytes than
+  ``limit_request_fields * limit_request_field_size`` or more than
+  ``limit_request_fields`` headers: 431/414 and close. A body over
+  ``MAX_BODY`` bytes: 413 and close (it is never read into memory).
+  Malformed HTTP: 400 and close.
+- Header names with ``_`` are dropped (as gunicorn's default
+  ``header_map = "drop"``), so ``X_Forwarded_For`` cannot pose as
+  ``X-Forwarded-For``.
+- An idle connection is closed after ``keepalive`` seconds; a connection
+  whose peer sends nothing for ``timeout`` seconds in the middle of a request
+  is closed too.
+- The app's answer is buffered whole (bruto's bodies are tiny) and sent with a
+  Content-Length; an app error answers 500 and closes the connection.
+- No access log (bruto runs with ``accesslog = None``), no HTTP/2, no TLS.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from urllib.parse import unquote_to_bytes
+
+import gevent
+import httptools
+from gunicorn.workers.ggevent import GeventWorker
+
+# Largest request body read into memory. bruto's bodies are ~70 bytes and its
+# validation refuses anything over 4 KiB (bruto.validation.MAX_BODY) with its
+# own 413; this is the worker's cap for any app, above that one.
+MAX_BODY = 64 * 1024
+RECV_SIZE = 65536
+
+_HTTP_VERSION = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+# Statuses whose answers carry no body (RFC 9110 §6.4.1).
+_NO_BODY_PREFIXES = ("1", "204", "304")
+
+# Canned answers for what never reaches the app; each closes the connection.
+_REJECTIONS = {
+    400: b"400 Bad Request",
+    413: b"413 Content Too Large",
+    414: b"414 URI Too Long",
+    431: b"431 Request Header Fields Too Large",
+    500: b"500 Internal Server Error",
+}
+
+
+def _rejection(status: int, message: str) -> bytes:
+    body = b'{"error":"%s"}' % message.encode()
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (_REJECTIONS[status], len(body), body)
+    )
+
+
+class _Reject(Exception):
+    """Raised from a parser callback: answer ``status`` and close."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _HttpDate:
+    """The Date header's value, formatted at most once a second."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self):
+        self.second = -1
+        self.text = ""
+
+    def get(self) -> str:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.text = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+        return self.text
+
+
+_HEADER_KEYS: dict[bytes, str | None] = {
+    b"content-type": "CONTENT_TYPE",
+    b"content-length": "CONTENT_LENGTH",
+}
+
+
+def _environ_key(name: bytes) -> str | None:
+    """The WSGI environ key of a header name; None to drop it. Cached per name."""
+    key = _HEADER_KEYS.get(name)
+    if key is not None or name in _HEADER_KEYS:
+        return key
+    lowered = name.lower()
+    if lowered in _HEADER_KEYS:
+        key = _HEADER_KEYS[lowered]
+    elif b"_" in lowered:
+        key = None  # NOTE: dropped, like gunicorn's header_map = "drop"
+    else:
+        key = "HTTP_" + lowered.decode("latin-1").upper().replace("-", "_")
+    if len(_HEADER_KEYS) < 512:  # names come from clients: bound the cache
+        _HEADER_KEYS[name] = key
+    return key
+
+
+class _Connection:
+    """One client connection: the parser's callbacks collect complete requests.
+
+    Args:
+        environ: The template environ of this connection (copied per request).
+        limits: ``(request line, header bytes, header count)``.
+    """
+
+    __slots__ = (
+        "environ", "parser", "ready", "url", "headers", "body", "body_size", "head_size",
+        "continue_wanted", "limit_line", "limit_head", "limit_fields", "in_message",
+    )
+
+    def __init__(self, environ: dict, limits: tuple[int, int, int]):
+        self.environ = environ
+        self.limit_line, self.limit_head, self.limit_fields = limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.ready: list[tuple[dict, bool]] = []
+        self.in_message = False
+        self.continue_wanted = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.head_size = 0
+
+    # httptools callbacks, in the order llhttp calls them.
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limit_line:
+            raise _Reject(414, "request line is too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
+        if len(self.headers) > self.limit_fields:
+            raise _Reject(431, "too many header fields")
+        if self.head_size > self.limit_head:
+            raise _Reject(431, "header fields are too large")
+
+    def on_headers_complete(self) -> None:
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                # llhttp has checked it is one decimal number.
+                if int(value) > MAX_BODY:
+                    raise _Reject(413, f"body is larger than {MAX_BODY} bytes")
+            elif lowered == b"expect" and value.lower() == b"100-continue":
+                self.continue_wanted = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > MAX_BODY:  # chunked bodies have no length up front
+            raise _Reject(413, f"body is larger than {MAX_BODY} bytes")
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        self.continue_wanted = False
+        parser = self.parser
+        environ = self.environ.copy()
+        method = parser.get_method()
+        environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = _HTTP_VERSION.get(parser.get_http_version(), "HTTP/1.1")
+        url = self.url
+        if url[:1] != b"/":
+            url = _origin_form(url)
+        path, _, query = url.partition(b"?")
+        query = query.partition(b"#")[0]
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        environ["PATH_INFO"] = path.decode("latin-1")
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        for name, value in self.headers:
+            key = _environ_key(name)
+            if key is None:
+                continue
+            text = value.decode("latin-1")
+            if key in environ and key.startswith("HTTP_"):
+                text = environ[key] + "," + text  # repeated header: one comma-joined value
+            environ[key] = text
+        body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        if body or "CONTENT_LENGTH" in environ:
+            # Chunked bodies arrive de-chunked: the app sees their real length.
+            environ["CONTENT_LENGTH"] = str(len(body))
+        environ["wsgi.input"] = io.BytesIO(body)
+        self.ready.append((environ, parser.should_keep_alive()))
+        self._reset()
+
+
+def _origin_form(url: bytes) -> bytes:
+    """``http://host/path?q`` (absolute form) or ``*`` to a path with its query."""
+    if url == b"*":
+        return b"*"
+    parsed = httptools.parse_url(url)
+    path = parsed.path or b"/"
+    return path + (b"?" + parsed.query if parsed.query else b"")
+
+
+class HttptoolsGeventWorker(GeventWorker):
+    """gunicorn's gevent worker with an httptools connection loop (see the module)."""
+
+    def init_process(self):
+        self._date = _HttpDate()
+        cfg = self.cfg
+        self._limits = (
+            cfg.limit_request_line or 1 << 20,
+            (cfg.limit_request_field_size or 8190) * (cfg.limit_request_fields or 100),
+            cfg.limit_request_fields or 100,
+        )
+        self._keepalive = float(cfg.keepalive) if cfg.keepalive else None
+        self._request_timeout = float(cfg.timeout) if cfg.timeout else None
+        # Connections waiting for their next request; closed when the worker
+        # stops, so a graceful stop does not wait out idle keep-alive peers.
+        self._idle: set = set()
+        super().init_process()
+
+    def run(self):
+        gevent.spawn(self._close_idle_when_stopping)
+        super().run()
+
+    def _close_idle_when_stopping(self):
+        while self.alive:
+            gevent.sleep(0.25)
+        for client in list(self._idle):
+            client.close()  # the greenlet waiting in recv gets an OSError and ends
+
+    def _connection_environ(self, listener, addr) -> dict:
+        environ = {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": self.cfg.workers > 1,
+            "wsgi.run_once": False,
+            "SCRIPT_NAME": "",
+            "SERVER_SOFTWARE": "bruto",
+        }
+        name = listener.getsockname()
+        if isinstance(name, tuple):
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = str(name[0]), str(name[1])
+        else:
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = "localhost", ""
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = str(addr[0]), str(addr[1])
+        return environ
+
+    def handle(self, listener, client, addr):
+        """Serve one connection until the client closes it or it must close."""
+        conn = _Connection(self._connection_environ(listener, addr), self._limits)
+        feed = conn.parser.feed_data
+        ready = conn.ready
+        idle = self._idle
+        try:
+            # NOTE: the socket timeout bounds each wait for the client: idle
+            # between requests (keepalive) or stalled within one (timeout).
+            idle_timeout, busy_timeout = self._keepalive, self._request_timeout
+            timeout = idle_timeout
+            client.settimeout(timeout)
+            while True:
+                waiting = not conn.in_message
+                if waiting:
+                    if not self.alive:
+                        return
+                    idle.add(client)
+                try:
+                    data = client.recv(RECV_SIZE)
+                except (TimeoutError, OSError):
+                    return
+                finally:
+                    if waiting:
+                        idle.discard(client)
+                if not data:
+                    return
+                close = False
+                try:
+                    feed(data)
+                except httptools.HttpParserUpgrade:
+                    close = True  # bytes after an upgrade request are another protocol
+                except httptools.HttpParserError as error:
+                    rejected = error.__context__
+                    # Requests complete before the bad one are still answered.
+                    out = self._answer(ready)[0] if ready else b""
+                    if isinstance(rejected, _Reject):
+                        out += _rejection(rejected.status, rejected.message)
+                    else:
+                        out += _rejection(400, "malformed HTTP request")
+                    self._send_quietly(client, out)
+                    return
+                if ready:
+                    out, keep_alive = self._answer(ready)
+                    client.sendall(out)
+                    if close or not keep_alive:
+                        return
+                elif conn.continue_wanted:
+                    conn.continue_wanted = False
+                    client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                elif close:
+                    return
+                wanted = busy_timeout if conn.in_message else idle_timeout
+                if wanted != timeout:
+                    timeout = wanted
+                    client.settimeout(timeout)
+        except OSError:
+            pass  # the client went away mid-answer
+        finally:
+            client.close()
+
+    @staticmethod
+    def _send_quietly(client, data: bytes) -> None:
+        try:
+            client.sendall(data)
+        except OSError:
+            pass
+
+    def _answer(self, ready: list) -> tuple[bytes, bool]:
+        """Run the app on each complete request; their answers, concatenated, and keep-alive."""
+        chunks = []
+        keep_alive = True
+        for environ, wants_keep_alive in ready:
+            keep_alive = wants_keep_alive and self.alive
+            self.nr += 1
+            if self.nr >= self.max_requests and self.alive:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+                keep_alive = False
+            answer = self._call_app(environ, keep_alive)
+            if answer is None:
+                chunks.append(_rejection(500, "internal server error"))
+                keep_alive = False
+                break
+            chunks.append(answer)
+            if not keep_alive:
+                break
+        ready.clear()
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), keep_alive
+
+    def _call_app(self, environ: dict, keep_alive: bool) -> bytes | None:
+        """The app's whole answer as bytes, or None if it failed."""
+        started = []
+
+        def start_response(status, headers, exc_info=None):
+            if exc_info and started:
+                raise exc_info[1].with_traceback(exc_info[2])
+            started[:] = (status, headers)
+            return body_parts.append
+
+        body_parts: list[bytes] = []
+        try:
+            result = self.wsgi(environ, start_response)
+            try:
+                for part in result:
+                    if part:
+                        body_parts.append(part)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            status, headers = started
+            return self._render(environ, status, headers, body_parts, keep_alive)
+        except Exception:
+            self.log.exception("Error handling request %s %s", environ.get("REQUEST_METHOD"),
+                               environ.get("PATH_INFO"))
+            return None
+
+    def _render(self, environ, status: str, headers, body_parts: list, keep_alive: bool) -> bytes:
+        body = b"".join(body_parts) if len(body_parts) != 1 else body_parts[0]
+        lines = ["HTTP/1.1 ", status, "\r\n"]
+        has_length = False
+        for name, value in headers:
+            if not has_length and name.lower() == "content-length":
+                has_length = True
+            if "\n" in value or "\r" in value:
+                # It would split the answer (response splitting): refuse it.
+                raise ValueError(f"response header {name!r} holds a line break")
+            lines += (name, ": ", value, "\r\n")
+        if status.startswith(_NO_BODY_PREFIXES):
+            body = b""
+        else:
+            if environ["REQUEST_METHOD"] == "HEAD":
+                body = b""
+            if not has_length:
+                lines += ("Content-Length: ", str(len(body)), "\r\n")
+        lines += ("Date: ", self._date.get(), "\r\n")
+        if not keep_alive:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1") + body

@@ -110,6 +110,7 @@ class Dispatcher:
     def recover(self) -> None:
         """Rebuild in-process state from shared memory (after a start or a crash)."""
         self.seen = self.ledger.correlation_ids()
+        confirmed = len(self.seen)
         now = now_us()
         for index in range(self.outbox.capacity - 1, -1, -1):
             entry = self.entries[index]
@@ -130,7 +131,7 @@ class Dispatcher:
         self.stats["dispatcher_pid"] = os.getpid()
         self.stats["started_at"] = now
         log.info("recovered: %d payments in the outbox, %d in the ledger",
-                 self.outbox.capacity - len(self.free), len(self.seen) - (self.outbox.capacity - len(self.free)))
+                 self.outbox.capacity - len(self.free), confirmed)
 
     # -- the loop --------------------------------------------------------------
 
@@ -264,7 +265,12 @@ class Dispatcher:
                 + int(row["min_response_ms"]) * 1000 + LOOKUP_MARGIN_US)
 
     def _confirm(self, index: int, requested_at: int, amount_cents: int, processor: int) -> None:
-        self.ledger.append(self.entries[index]["correlation_id"].tobytes(), requested_at, amount_cents, processor)
+        evicted = self.ledger.append(self.entries[index]["correlation_id"].tobytes(),
+                                     requested_at, amount_cents, processor)
+        if evicted is not None:
+            # The dedup memory covers what the ledger still holds, so it stays
+            # bounded by the ledger's capacity.
+            self.seen.discard(evicted)
         self.stats["stored"] += 1
         self._release(index)
 

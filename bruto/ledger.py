@@ -30,18 +30,22 @@ class LedgerWriter:
         self._amounts = columns["amount_cents"]
         self._processors = columns["processor"]
 
-    def append(self, correlation_id: bytes, requested_at: int, amount_cents: int, processor: int) -> None:
+    def append(self, correlation_id: bytes, requested_at: int, amount_cents: int, processor: int) -> bytes | None:
+        """Record a confirmation; returns the id of the record the ring overwrote, if any."""
         index = int(self._counters["count"])
         slot = index % self._capacity
+        evicted_id = None
         if index - self._capacity >= int(self._counters["start"]):
-            evicted = int(self._requested_at[slot])
-            if evicted > int(self._counters["evicted_until"]):
-                self._counters["evicted_until"] = evicted
+            evicted_id = self._ids[slot].tobytes()
+            evicted_at = int(self._requested_at[slot])
+            if evicted_at > int(self._counters["evicted_until"]):
+                self._counters["evicted_until"] = evicted_at
         self._ids[slot] = correlation_id
         self._requested_at[slot] = requested_at
         self._amounts[slot] = amount_cents
         self._processors[slot] = processor
         self._counters["count"] = index + 1  # publish (see bruto.shm)
+        return evicted_id
 
     def purge(self) -> None:
         self._counters["evicted_until"] = 0

@@ -61,3 +61,10 @@ def test_purge_forgets_everything_before_it(region):
     writer.append(b"\x07" * 16, 3, 250, FALLBACK)
     assert totals(region, None, None).amount_cents == (0, 250)
     assert writer.correlation_ids() == {b"\x07" * 16}
+
+
+def test_append_reports_the_id_the_ring_overwrote(region):
+    writer = fill(region, [(t, 100, DEFAULT) for t in range(8)])  # full ring of 8
+    assert writer.append(b"\x09" * 16, 9, 100, DEFAULT) == (0).to_bytes(16, "big")
+    assert b"\x09" * 16 in writer.correlation_ids()
+    assert (0).to_bytes(16, "big") not in writer.correlation_ids()

@@ -3,7 +3,8 @@
 Environment:
     BRUTO_BIND      where to listen: ``host:port`` or ``unix:/path`` (default 0.0.0.0:9999)
     BRUTO_WORKERS   gevent workers in this instance (default 1)
-    BRUTO_WORKER_CLASS  gunicorn worker class (default gevent)
+    BRUTO_WORKER_CLASS  gunicorn worker class (default bruto.worker.HttptoolsGeventWorker,
+                    gevent with an httptools parser; ``gevent`` is gunicorn's own)
     BRUTO_*         everything in bruto/config.py (shared directory, sizes, processors)
 """
 
@@ -16,7 +17,10 @@ from bruto.layout import create_all
 wsgi_app = "bruto.wsgi:app"
 bind = [os.environ.get("BRUTO_BIND", "0.0.0.0:9999")]
 workers = int(os.environ.get("BRUTO_WORKERS", "1"))
-worker_class = os.environ.get("BRUTO_WORKER_CLASS", "gevent")
+# NOTE: gunicorn's gevent worker with a C parser (httptools) and a lean
+# environ: about half the CPU per request of `-k gevent` and a lower p99
+# (docs/BENCHMARKS.md, 2026-11-25 12:18 and 12:27).
+worker_class = os.environ.get("BRUTO_WORKER_CLASS", "bruto.worker.HttptoolsGeventWorker")
 # The gevent pool size; must exceed the load balancer's upstream keepalive pool.
 worker_connections = 1000
 # Above the load balancer's upstream keepalive timeout (nginx: 60 s by default

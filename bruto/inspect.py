@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
 import sys
@@ -31,16 +32,25 @@ from bruto.shm import Region
 from bruto.shm import RegionError
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
+def _lock_held(path: str) -> bool:
+    """Whether a live process holds the flock on ``path`` (slot owners, the dispatcher).
+
+    The lock says more than a PID: it works across containers (PIDs there
+    belong to other namespaces) and cannot be fooled by a reused PID. The probe
+    takes a shared lock for an instant; a worker claiming that very slot at
+    that instant moves on to the next free one.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)  # closing drops the probe's lock, if it got one
+    return False
 
 
 def snapshot(settings: Settings) -> dict:
@@ -58,13 +68,13 @@ def snapshot(settings: Settings) -> dict:
             continue
         written = int(slab.counters["written"])
         drained = int(dispatch.records[slot]["drained"])
-        pid = int(slab.counters["owner_pid"])
         intake.append({"slot": slot, "written": written, "backlog": written - drained,
-                       "owner_pid": pid, "owner_alive": _alive(pid)})
+                       "owner_pid": int(slab.counters["owner_pid"]),
+                       "owner_alive": _lock_held(intake_path(settings, slot))})
     states = outbox.records["state"]
     found = totals(ledger, None, None)
     stats = {name: int(dispatch.counters[name]) for name in DISPATCH.counters.names}
-    stats["dispatcher_alive"] = _alive(stats["dispatcher_pid"])
+    stats["dispatcher_alive"] = _lock_held(path("dispatcher.lock"))
     return {
         "shm_dir": settings.shm_dir,
         "intake": intake,

@@ -147,5 +147,10 @@ def test_purge_without_a_dispatcher_says_so(tmp_path, clean_processors):
         response = gw.http.post(gw.url + "/purge-payments", timeout=10)
         assert response.status_code == 503
         assert "dispatcher" in response.json()["error"]
+        shown = subprocess.run([sys.executable, "-m", "bruto.inspect", "--json", "--shm-dir", gw.env["BRUTO_SHM_DIR"]],
+                               capture_output=True, text=True, check=True)
+        snap = json.loads(shown.stdout)
+        assert snap["dispatcher"]["dispatcher_alive"] is False
+        assert [slab["owner_alive"] for slab in snap["intake"]].count(True) == 1  # the one worker
     finally:
         gw.stop()

@@ -1,7 +1,7 @@
 """Benchmark: CPU a gunicorn worker spends per POST /payments, in bursts.
 
     python tools/bench_worker.py [--worker-class gevent] [--requests 20000] [--burst 12]
-                                 [--conns 64] [--profile out.txt] [--nginx]
+                                 [--conns 64] [--profile out.txt [--perf]] [--nginx [CONF]]
 
 Starts one gunicorn instance (conf/gunicorn.py, one worker) on a unix socket,
 on a fresh shared directory and without a dispatcher, optionally behind
@@ -10,8 +10,11 @@ speaks to the socket). The client keeps ``--conns`` keep-alive connections
 and sends bursts of ``--burst`` requests on distinct connections at once, then
 reads every answer: the shape of k6's VUs falling into step. It prints the CPU
 seconds the worker (and nginx) used per request, read from /proc, which is
-much steadier on a noisy machine than any latency; and the wall time per
-burst. ``--profile`` records the worker with py-spy during the run.
+much steadier on a noisy machine than any latency (the worker's system share
+apart); and the wall time per burst. ``--profile`` records the worker with
+py-spy during the run (``--perf``: with perf, for C and kernel time). Run it
+under the bench lock like any load test:
+``flock /tmp/bruto-bench.lock python tools/bench_worker.py ...``.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ sys.path.insert(0, str(REPO))
 from bruto import stack as stack_mod  # noqa: E402
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, which: slice = slice(11, 13)) -> float:
+    """User + system CPU seconds of a process (``which``: fields 11 user, 12 system)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[which]) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -78,19 +82,23 @@ def read_response(sock: socket.socket, pending: bytearray) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker-class", default="gevent")
+    parser.add_argument("--worker-class", help="BRUTO_WORKER_CLASS (default: conf/gunicorn.py's)")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--burst", type=int, default=12)
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--profile", help="py-spy record the worker into this file (raw/collapsed)")
-    parser.add_argument("--nginx", action="store_true", help="go through conf/nginx.conf on a TCP port")
+    parser.add_argument("--perf", action="store_true", help="with --profile: perf record -g instead (C and kernel)")
+    parser.add_argument("--nginx", nargs="?", const="nginx.conf", metavar="CONF",
+                        help="go through nginx (conf/nginx.conf, or this file of conf/) on a TCP port")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bruto-bw-"))
     sock_path = tmp / "api1.sock"
     env = dict(os.environ, BRUTO_SHM_DIR=str(tmp / "shm"), BRUTO_BIND=f"unix:{sock_path}",
-               BRUTO_WORKERS="1", BRUTO_WORKER_CLASS=args.worker_class, BRUTO_LOG_LEVEL="warning",
+               BRUTO_WORKERS="1", BRUTO_LOG_LEVEL="warning",
                BRUTO_INTAKE_CAPACITY=str(max(65536, 1 << (args.requests + 1000).bit_length())))
+    if args.worker_class:
+        env["BRUTO_WORKER_CLASS"] = args.worker_class
     procs: list[subprocess.Popen] = []
     spy = None
     log = open(tmp / "gunicorn.log", "wb")
@@ -108,7 +116,7 @@ def main() -> int:
         measured = [worker]
         if args.nginx:
             port = 19000 + random.randrange(900)
-            conf = stack_mod.render_nginx_conf(REPO / "conf/nginx.conf", tmp, port, socket_dir=tmp)
+            conf = stack_mod.render_nginx_conf(REPO / "conf" / args.nginx, tmp, port, socket_dir=tmp)
             # The config names two instances; point both at the one we run.
             conf.write_text(conf.read_text().replace(f"{tmp}/api2.sock", f"{tmp}/api1.sock"))
             service = stack_mod.nginx_service("nginx", conf, tmp, port)
@@ -132,13 +140,19 @@ def main() -> int:
         for s, pending in conns[:4]:
             s.sendall(request_bytes("localhost"))
             read_response(s, pending)
-        if args.profile:
+        if args.profile and args.perf:
+            spy = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "-p", str(worker), "-o", args.profile],
+                                   stdout=subprocess.DEVNULL, stderr=open(args.profile + ".log", "wb"))
+            procs.append(spy)
+            time.sleep(1.0)
+        elif args.profile:
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(worker), "--rate", "1000", "--format", "raw",
                                     "--output", args.profile, "--nonblocking"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+                                   stderr=open(args.profile + ".log", "wb"))
             procs.append(spy)
             time.sleep(1.0)
         cpu0 = {pid: cpu_seconds(pid) for pid in measured}
+        system0 = cpu_seconds(worker, slice(12, 13))
         wall0 = time.perf_counter()
         statuses: dict[int, int] = {}
         sent = 0
@@ -156,14 +170,15 @@ def main() -> int:
             sent += n
         wall = time.perf_counter() - wall0
         cpu = {pid: cpu_seconds(pid) - cpu0[pid] for pid in measured}
+        system = cpu_seconds(worker, slice(12, 13)) - system0
         if spy:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
         burst_walls.sort()
         worker_us = cpu[worker] / sent * 1e6
         nginx_us = sum(v for p, v in cpu.items() if p != worker) / sent * 1e6
-        print(f"worker_class={args.worker_class} requests={sent} burst={args.burst} statuses={statuses}")
-        print(f"worker cpu/request {worker_us:.1f} us" + (f"  nginx cpu/request {nginx_us:.1f} us" if args.nginx else ""))
+        print(f"worker_class={args.worker_class or '(conf default)'} requests={sent} burst={args.burst} statuses={statuses}")
+        print(f"worker cpu/request {worker_us:.1f} us (system {system / sent * 1e6:.1f})" + (f"  nginx cpu/request {nginx_us:.1f} us" if args.nginx else ""))
         print(f"wall {wall:.2f} s; burst wall p50 {burst_walls[len(burst_walls) // 2] * 1e3:.2f} ms"
               f" p99 {burst_walls[int(len(burst_walls) * 0.99)] * 1e3:.2f} ms")
         for s, _ in conns:

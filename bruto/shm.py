@@ -93,7 +93,7 @@ class Region:
     def __init__(self, path: str, layout: Layout, mapping: np.memmap):
         self.path = path
         self.layout = layout
-        self._mapping = mapping
+        self._mapping = mapping  # keeps the file mapped while the views below live
         # NOTE: views of a plain ndarray, not of the np.memmap subclass, whose
         # Python-level __getitem__ would run on every record access.
         mapping = mapping.view(np.ndarray)
@@ -160,9 +160,6 @@ class Region:
         if not os.path.exists(path):
             _create(path, layout, capacity)
         return cls.attach(path, layout, capacity)
-
-    def flush(self) -> None:
-        self._mapping.flush()
 
 
 def _create(path: str, layout: Layout, capacity: int) -> None:

@@ -344,7 +344,8 @@ def run(args: argparse.Namespace) -> dict:
         shm_dir = f"/dev/shm/bruto-bench-{os.getpid()}-{index + 1}"
         bruto = stack_mod.Stack(
             run_dir,
-            stack_mod.bruto_services(run_dir, shm_dir, default_url, fallback_url, 9999, args.workers),
+            stack_mod.bruto_services(run_dir, shm_dir, default_url, fallback_url, 9999, args.workers,
+                                     args.balancer),
             limits=limits,
             scratch_dirs=[shm_dir],
         )
@@ -420,6 +421,7 @@ def run(args: argparse.Namespace) -> dict:
         "limits_note": limits_note,
         "max_requests": args.max_requests,
         "workers_per_instance": args.workers,
+        "balancer": args.balancer,
         "runs": args.runs,
         "out_dir": str(out_dir),
     }
@@ -438,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fallback-url", help="fallback processor")
     parser.add_argument("--emulator-ports", type=stack_mod.parse_ports, default=(8001, 8002), metavar="D,F")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per instance")
+    parser.add_argument("--balancer", choices=stack_mod.BALANCERS, default=stack_mod.BALANCERS[0],
+                        help="load balancer in front of the instances")
     parser.add_argument("--report", help="write k6's web-dashboard HTML export of bruto's run here")
     parser.add_argument("--run-dir", help="logs and summaries (default: a new /tmp/bruto-bench-*)")
     args = parser.parse_args(argv)

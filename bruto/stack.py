@@ -49,12 +49,14 @@ CFS_PERIOD_US = 100_000
 # and the ledger's pages; nginx needs little of either at ~500 req/s
 # (~0.12 ms of CPU per request, LESSONS.md).
 SERVICE_LIMITS = {
-    "nginx": (0.20, 30),
+    "balancer": (0.20, 30),
     "api1": (0.45, 100),
     "api2": (0.45, 100),
     "dispatcher": (0.40, 120),
 }
 TOTAL_LIMITS = (1.5, 350)
+# bruto.balancer hands connections to the instances; nginx proxies requests.
+BALANCERS = ("bruto", "nginx")
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -114,6 +116,7 @@ def bruto_services(
     fallback_url: str,
     port: int = 9999,
     workers: int = 1,
+    balancer: str = "bruto",
 ) -> list[Service]:
     """Dispatcher, two API instances on unix sockets, then nginx, in start order."""
     env = {
@@ -137,8 +140,17 @@ def bruto_services(
         )
     # NOTE: nginx starts last: if it sent traffic before the sockets answered it
     # would mark the instances dead for 10 s (LESSONS.md).
-    conf = render_nginx_conf(CONF_DIR / "nginx.conf", run_dir, port, socket_dir=run_dir)
-    services.append(nginx_service("nginx", conf, run_dir, port))
+    if balancer == "nginx":
+        conf = render_nginx_conf(CONF_DIR / "nginx.conf", run_dir, port, socket_dir=run_dir)
+        services.append(nginx_service("balancer", conf, run_dir, port))
+    else:
+        services.append(Service(
+            "balancer",
+            ["bruto-balancer", "--bind", f"127.0.0.1:{port}", "--channels", str(workers),
+             str(run_dir / "api1.sock"), str(run_dir / "api2.sock")],
+            {},
+            ready=("http", f"http://127.0.0.1:{port}/payments-summary", {}),
+        ))
     return services
 
 
@@ -659,7 +671,8 @@ def build_stack(args: argparse.Namespace) -> Stack:
         fallback_url = f"http://127.0.0.1:{fallback_port}"
     elif default_url is None or fallback_url is None:
         raise StackError("give both --default-url and --fallback-url, or neither")
-    services += bruto_services(run_dir, args.shm_dir, default_url, fallback_url, args.port, args.workers)
+    services += bruto_services(run_dir, args.shm_dir, default_url, fallback_url, args.port, args.workers,
+                               args.balancer)
     return Stack(run_dir, services, limits=args.limits, scratch_dirs=[args.shm_dir])
 
 
@@ -680,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--emulator-ports", type=parse_ports, default=(8001, 8002), metavar="D,F",
                         help="ports of the emulators (default 8001,8002)")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per instance (default 1)")
+    parser.add_argument("--balancer", choices=BALANCERS, default=BALANCERS[0],
+                        help="load balancer on --port (default %(default)s)")
     args = parser.parse_args(argv)
     try:
         stack = build_stack(args)

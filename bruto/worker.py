@@ -38,11 +38,14 @@ Behaviour:
 from __future__ import annotations
 
 import io
+import socket
 import sys
 import time
 from urllib.parse import unquote_to_bytes
 
 import gevent
+import gevent.pool
+import gevent.socket
 import httptools
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -51,6 +54,8 @@ from gunicorn.workers.ggevent import GeventWorker
 # own 413; this is the worker's cap for any app, above that one.
 MAX_BODY = 64 * 1024
 RECV_SIZE = 65536
+# Most client descriptors taken from a handoff channel in one read.
+MAX_HANDOFF_FDS = 64
 # How often the connection watcher wakes (to notice a stopping worker).
 WATCH_TICK_S = 0.25
 
@@ -230,6 +235,14 @@ class _Connection:
         self._reset()
 
 
+def _peer(client) -> object:
+    """A handed-over client's address, or None if it is already gone."""
+    try:
+        return client.getpeername()
+    except OSError:
+        return None
+
+
 def _origin_form(url: bytes) -> bytes:
     """``http://host/path?q`` (absolute form) or ``*`` to a path with its query."""
     if url == b"*":
@@ -256,6 +269,7 @@ class HttptoolsGeventWorker(GeventWorker):
         # greenlet closes what stays silent instead (see _watch_connections).
         self._silence_s = float(max(cfg.keepalive or 0, 1))
         self._connections: dict = {}
+        self._channels: set = set()
         super().init_process()
 
     def run(self):
@@ -287,8 +301,10 @@ class HttptoolsGeventWorker(GeventWorker):
         for client, conn in list(self._connections.items()):
             if conn.waiting:
                 client.close()
+        for channel in list(self._channels):
+            channel.close()  # its loop ends, then waits for its clients
 
-    def _connection_environ(self, listener, addr) -> dict:
+    def _connection_environ(self, client, addr) -> dict:
         environ = {
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
@@ -299,7 +315,10 @@ class HttptoolsGeventWorker(GeventWorker):
             "SCRIPT_NAME": "",
             "SERVER_SOFTWARE": "bruto",
         }
-        name = listener.getsockname()
+        try:
+            name = client.getsockname()
+        except OSError:
+            name = ""
         if isinstance(name, tuple):
             environ["SERVER_NAME"], environ["SERVER_PORT"] = str(name[0]), str(name[1])
         else:
@@ -309,23 +328,74 @@ class HttptoolsGeventWorker(GeventWorker):
         return environ
 
     def handle(self, listener, client, addr):
-        """Serve one connection until the client closes it or it must close."""
-        conn = _Connection(self._connection_environ(listener, addr), self._limits)
+        """Serve one accepted connection: a client's, or a balancer's handoff channel.
+
+        A unix-socket connection whose first message carries file descriptors
+        is a handoff channel from ``bruto.balancer``: each descriptor is a
+        client connection to serve here (see ``_serve_handoffs``).
+        """
+        conn = self._register(client, addr)
+        if client.family != socket.AF_UNIX:
+            self._serve(client, conn, None)
+            return
+        conn.waiting = True  # the watcher may close it while it stays silent
+        try:
+            first, fds, _, _ = socket.recv_fds(client, RECV_SIZE, MAX_HANDOFF_FDS)
+        except OSError:
+            first, fds = b"", []  # _serve sees the end of the stream and closes
+        if fds:
+            del self._connections[client]
+            self._serve_handoffs(client, fds)
+        else:
+            self._serve(client, conn, first)
+
+    def _register(self, client, addr) -> _Connection:
+        conn = _Connection(self._connection_environ(client, addr), self._limits)
+        self._connections[client] = conn
+        client.settimeout(None)  # cooperative waits without a gevent.Timeout each
+        return conn
+
+    def _serve_handoffs(self, channel, fds: list[int]) -> None:
+        """Serve the client connections a balancer passes on ``channel`` until it closes."""
+        served = gevent.pool.Group()
+        self._channels.add(channel)
+        try:
+            while fds:
+                for fd in fds:
+                    client = gevent.socket.socket(fileno=fd)
+                    served.spawn(self._serve, client, self._register(client, _peer(client)), None)
+                try:
+                    _, fds, flags, _ = socket.recv_fds(channel, MAX_HANDOFF_FDS, MAX_HANDOFF_FDS)
+                except OSError:
+                    return
+                if flags & socket.MSG_CTRUNC:
+                    self.log.error("handoff channel dropped descriptors (more than %d at once)",
+                                   MAX_HANDOFF_FDS)
+        finally:
+            self._channels.discard(channel)
+            channel.close()
+            served.join()  # a stopping worker lets its clients' current requests finish
+
+    def _serve(self, client, conn: _Connection, first: bytes | None) -> None:
+        """Serve one registered client connection until the client closes it or it must close.
+
+        ``first``: bytes already read from it (None: nothing read yet).
+        """
         feed = conn.parser.feed_data
         ready = conn.ready
-        connections = self._connections
-        connections[client] = conn
-        client.settimeout(None)  # cooperative waits without a gevent.Timeout each
         try:
             while True:
                 if not conn.in_message:
                     if not self.alive:
                         return
                     conn.waiting = True
-                try:
-                    data = client.recv(RECV_SIZE)
-                except OSError:
-                    return
+                if first is None:
+                    try:
+                        data = client.recv(RECV_SIZE)
+                    except OSError:
+                        return
+                else:
+                    data, first = first, None
                 conn.waiting = False
                 conn.reads += 1
                 if not data:
@@ -358,7 +428,7 @@ class HttptoolsGeventWorker(GeventWorker):
         except OSError:
             pass  # the client went away mid-answer, or was closed as silent
         finally:
-            del connections[client]
+            del self._connections[client]
             client.close()
 
     @staticmethod

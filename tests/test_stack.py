@@ -1,4 +1,4 @@
-"""`bruto-stack up/down`: the whole local stack as processes, a few payments through nginx."""
+"""`bruto-stack up/down`: the whole local stack as processes, a few payments through its balancer."""
 
 import json
 import os
@@ -84,7 +84,7 @@ def recorded(run_dir):
 
 
 def check_payments_flow(info):
-    """Five payments through nginx; the summary ends up equal to the processors' own."""
+    """Five payments through the balancer; the summary ends up equal to the processors' own."""
     assert all(post_payment(info["base_url"]) == 202 for _ in range(5))
     admin = {"X-Rinha-Token": "123"}
     deadline = time.monotonic() + 15
@@ -113,27 +113,27 @@ def check_down(info, state):
     assert not os.path.exists(info["shm_dir"])
 
 
-@needs_nginx
-def test_up_payments_down(stack_args):
-    assert stack.main(["up"] + stack_args["args"]) == 0
+@pytest.mark.parametrize("balancer", ["bruto", pytest.param("nginx", marks=needs_nginx)])
+def test_up_payments_down(stack_args, balancer):
+    assert stack.main(["up", "--balancer", balancer] + stack_args["args"]) == 0
     state = recorded(stack_args["run_dir"])
     names = [p["name"] for p in state["processes"]]
-    assert names == ["emulator-default", "emulator-fallback", "dispatcher", "api1", "api2", "nginx"]
+    assert names == ["emulator-default", "emulator-fallback", "dispatcher", "api1", "api2", "balancer"]
+    assert state["processes"][-1]["argv"][0] == ("bruto-balancer" if balancer == "bruto" else "nginx")
     assert state["cgroups"] == {}
     rows = {row["name"]: row for row in stack.Stack(stack_args["run_dir"]).status()}
     assert all(row["alive"] for row in rows.values())
-    assert rows["nginx"]["answers"] == "ok" and rows["api1"]["answers"] == "ok"
+    assert rows["balancer"]["answers"] == "ok" and rows["api1"]["answers"] == "ok"
     check_payments_flow(stack_args)
     check_down(stack_args, state)
 
 
-@needs_nginx
 @pytest.mark.skipif(CGROUPS_UNAVAILABLE is not None, reason=f"--limits: {CGROUPS_UNAVAILABLE}")
 def test_up_with_limits(stack_args):
     assert stack.main(["up", "--limits"] + stack_args["args"]) == 0
     state = recorded(stack_args["run_dir"])
     groups = state["cgroups"]
-    assert set(groups) == {"", "nginx", "api1", "api2", "dispatcher"}
+    assert set(groups) == {"", "balancer", "api1", "api2", "dispatcher"}
     quota = lambda name: int(Path(groups[name]["cpu"], "cpu.cfs_quota_us").read_text())
     limit = lambda name: int(Path(groups[name]["memory"], "memory.limit_in_bytes").read_text())
     assert quota("") == 150_000 and limit("") == 350 * 2**20

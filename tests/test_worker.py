@@ -23,6 +23,8 @@ from bruto.layout import open_intake
 from bruto.worker import MAX_BODY
 from bruto.worker import _Connection
 from gateway import REPO
+from gateway import Client
+from gateway import payment
 from gateway import free_port
 
 WORKER_CLASS = "bruto.worker.HttptoolsGeventWorker"
@@ -138,52 +140,6 @@ def server(tmp_path, request):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-class Client:
-    """A raw HTTP/1.1 connection that reads answers one at a time."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.pending = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def answer(self) -> tuple[int, dict, bytes]:
-        while b"\r\n\r\n" not in self.pending:
-            self._more()
-        head, _, self.pending = self.pending.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        length = int(headers.get("content-length", 0))
-        while len(self.pending) < length:
-            self._more()
-        body, self.pending = self.pending[:length], self.pending[length:]
-        return status, headers, body
-
-    def closed(self) -> bool:
-        """Whether the server closed the connection (after anything still unread)."""
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def _more(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed by the server")
-        self.pending += chunk
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def payment(correlation_id: uuid.UUID | None = None) -> bytes:
-    body = b'{"correlationId":"%s","amount":19.90}' % str(correlation_id or uuid.uuid4()).encode()
-    return b"POST /payments HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(body), body)
 
 
 def written(server) -> int:

@@ -1,0 +1,154 @@
+"""The load balancer: hands each client connection to an API instance, then steps aside.
+
+    clients ──TCP :9999──► balancer ──descriptor over a unix socket──► api1 worker ┐ each serves
+                                   └─────────────────────────────────► api2 worker ┘ its clients
+
+Why: behind nginx (conf/nginx.conf), every request crosses three processes
+(nginx, a worker, nginx again) and one of them, nginx, serialises every
+request of a burst (docs/BENCHMARKS.md, issue 6). This balancer accepts a
+client's connection and passes its file descriptor (``SCM_RIGHTS``) to one
+instance, round robin, over the unix socket that instance's gunicorn already
+listens on: ``bruto.worker`` recognises a connection whose first message
+carries descriptors as a handoff channel. From then on the client and the
+worker talk directly: the balancer is on no request's path, and a request
+wakes one process instead of three.
+
+Load is spread by connection, not by request. A client that keeps its
+connection (k6 does, one per virtual user) stays with one instance; with
+hundreds of such clients the instances get equal shares.
+
+A channel that breaks (its worker restarted) is reopened on the next
+handoff; a connection no instance takes is closed, so its client sees the
+failure at once instead of waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+
+log = logging.getLogger("bruto.balancer")
+
+# Bounds a handoff to a stalled instance (its socket buffer full): the
+# connection goes to the next instance instead of blocking every client.
+CHANNEL_TIMEOUT_S = 1.0
+BACKLOG = 4096
+
+
+class Channel:
+    """One unix-socket connection to an instance, over which client descriptors travel.
+
+    Args:
+        path: The instance's unix socket (the one gunicorn binds).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.sock: socket.socket | None = None
+
+    def hand_over(self, fd: int) -> bool:
+        """Pass ``fd`` to the instance; False if it cannot take it now.
+
+        A broken channel is reopened once: the instance's worker may have
+        restarted while its gunicorn kept the socket.
+        """
+        for _ in range(2):
+            if self.sock is None and not self._open():
+                return False
+            try:
+                socket.send_fds(self.sock, [b"\0"], [fd])
+                return True
+            except OSError as error:
+                log.warning("channel to %s broke (%s); reopening", self.path, error)
+                self.close()
+        return False
+
+    def _open(self) -> bool:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CHANNEL_TIMEOUT_S)
+        try:
+            sock.connect(self.path)
+        except OSError as error:
+            log.warning("cannot reach %s: %s", self.path, error)
+            sock.close()
+            return False
+        self.sock = sock
+        return True
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class Balancer:
+    """Accepts client connections and hands them to instances, round robin.
+
+    Args:
+        listener: A listening TCP socket.
+        instances: The instances' unix socket paths.
+        channels: Channels per instance; one per gunicorn worker lets every
+            worker of an instance take connections (which worker accepts
+            which channel is gunicorn's choice).
+    """
+
+    def __init__(self, listener: socket.socket, instances: list[str], channels: int = 1):
+        self.listener = listener
+        self.channels = [Channel(path) for _ in range(channels) for path in instances]
+        self.turn = 0
+        self.handed_over = 0
+        self.refused = 0
+
+    def serve_forever(self) -> None:
+        while True:
+            self.serve_one()
+
+    def serve_one(self) -> None:
+        client, _ = self.listener.accept()
+        try:
+            # Set here, once: the option belongs to the connection and goes with it.
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.hand_over(client.fileno()):
+                self.handed_over += 1
+            else:
+                self.refused += 1
+                log.error("no instance took a connection; closing it")
+        finally:
+            client.close()  # the instance holds its own copy now
+
+    def hand_over(self, fd: int) -> bool:
+        """Give ``fd`` to the next instance that takes it."""
+        for _ in range(len(self.channels)):
+            channel = self.channels[self.turn]
+            self.turn = (self.turn + 1) % len(self.channels)
+            if channel.hand_over(fd):
+                return True
+        return False
+
+
+def listen(address: str) -> socket.socket:
+    """A listening TCP socket for ``host:port``."""
+    host, _, port = address.rpartition(":")
+    return socket.create_server((host or "0.0.0.0", int(port)), backlog=BACKLOG)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bruto-balancer", description=__doc__.split("\n")[0])
+    parser.add_argument("instances", nargs="+", metavar="SOCKET",
+                        help="unix socket of each API instance (gunicorn's bind)")
+    parser.add_argument("--bind", default="0.0.0.0:9999", help="host:port to accept clients on (default %(default)s)")
+    parser.add_argument("--channels", type=int, default=1,
+                        help="channels per instance: its gunicorn workers (default %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    balancer = Balancer(listen(args.bind), args.instances, args.channels)
+    log.info("accepting on %s for %s", args.bind, ", ".join(args.instances))
+    balancer.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,10 @@
 """The local bruto stack, as plain processes: ``bruto-stack up|down|status``.
 
-The topology is the compose file's: nginx on :9999 in front of two gunicorn
-instances on unix sockets, one dispatcher, and (unless processor URLs are
+The topology is the compose file's: a load balancer on :9999 (``bruto.balancer``,
+or nginx with ``--balancer nginx``) in front of two gunicorn instances on unix sockets, one dispatcher, and (unless processor URLs are
 given) two processor emulators, default on 8001 and fallback on 8002.
 
-``--limits`` confines bruto's processes (nginx included, the emulators not) in
+``--limits`` confines bruto's processes (the balancer included, the emulators not) in
 cgroup v1 cpu, cpuacct and memory groups, with the challenge's 1.5 CPU and
 350 MB split per service as `SERVICE_LIMITS` says. The groups are nested under
 the cgroups of the process running ``up``, so whoever accounts for that
@@ -46,8 +46,8 @@ CFS_PERIOD_US = 100_000
 # (CPUs, MB) per service; the sums are the challenge's 1.5 CPU and 350 MB.
 # NOTE: the APIs get most of the CPU because they serve every request on the
 # hot path; the dispatcher gets the most memory because it holds the outbox
-# and the ledger's pages; nginx needs little of either at ~500 req/s
-# (~0.12 ms of CPU per request, LESSONS.md).
+# and the ledger's pages; the balancer needs little of either (nginx ~0.1 ms
+# of CPU per request; bruto.balancer only works when a client connects).
 SERVICE_LIMITS = {
     "balancer": (0.20, 30),
     "api1": (0.45, 100),
@@ -118,7 +118,7 @@ def bruto_services(
     workers: int = 1,
     balancer: str = "bruto",
 ) -> list[Service]:
-    """Dispatcher, two API instances on unix sockets, then nginx, in start order."""
+    """Dispatcher, two API instances on unix sockets, then the balancer, in start order."""
     env = {
         "BRUTO_SHM_DIR": shm_dir,
         "BRUTO_DEFAULT_URL": default_url,
@@ -138,8 +138,9 @@ def bruto_services(
                 ready=("unix", str(sock), "/payments-summary"),
             )
         )
-    # NOTE: nginx starts last: if it sent traffic before the sockets answered it
-    # would mark the instances dead for 10 s (LESSONS.md).
+    # NOTE: the balancer starts last, once the sockets answer: nginx would mark
+    # an instance dead for 10 s if it sent it traffic before (LESSONS.md), and
+    # bruto's balancer would close the clients it could not hand over.
     if balancer == "nginx":
         conf = render_nginx_conf(CONF_DIR / "nginx.conf", run_dir, port, socket_dir=run_dir)
         services.append(nginx_service("balancer", conf, run_dir, port))
@@ -689,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limits", action="store_true", help="confine bruto in cgroups: 1.5 CPU, 350 MB")
     parser.add_argument("--default-url", help="an existing default processor (no emulators are started)")
     parser.add_argument("--fallback-url", help="an existing fallback processor")
-    parser.add_argument("--port", type=int, default=9999, help="nginx's port (default %(default)s)")
+    parser.add_argument("--port", type=int, default=9999, help="the balancer's port (default %(default)s)")
     parser.add_argument("--emulator-ports", type=parse_ports, default=(8001, 8002), metavar="D,F",
                         help="ports of the emulators (default 8001,8002)")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per instance (default 1)")

@@ -17,9 +17,12 @@ Load is spread by connection, not by request. A client that keeps its
 connection (k6 does, one per virtual user) stays with one instance; with
 hundreds of such clients the instances get equal shares.
 
-A channel that breaks (its worker restarted) is reopened on the next
-handoff; a connection no instance takes is closed, so its client sees the
-failure at once instead of waiting.
+A channel that breaks (its worker restarted or is stopping) is reopened on
+the next handoff; an instance that does not take connections (stalled, its
+channel full) is skipped; a connection no instance takes is closed, so its
+client sees the failure at once instead of waiting. What a worker had not
+yet taken from its channel when it was killed (SIGKILL) is lost: those
+clients see their connection reset, as with any proxy whose upstream dies.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import logging
 import signal
 import socket
 import sys
+import time
 
 log = logging.getLogger("bruto.balancer")
 
-# Bounds a handoff to a stalled instance (its socket buffer full): the
-# connection goes to the next instance instead of blocking every client.
-CHANNEL_TIMEOUT_S = 1.0
+# Bounds connecting a channel to an instance whose listen queue is full.
+CONNECT_TIMEOUT_S = 1.0
+# Pause after accept() fails (out of descriptors, most likely).
+ACCEPT_BACKOFF_S = 0.05
 BACKLOG = 4096
 
 
@@ -52,8 +57,11 @@ class Channel:
     def hand_over(self, fd: int) -> bool:
         """Pass ``fd`` to the instance; False if it cannot take it now.
 
+        Never waits: a channel whose buffer is full (its worker stalled) is
+        skipped, so one slow instance cannot hold up the clients of the other.
         A broken channel is reopened once: the instance's worker may have
-        restarted while its gunicorn kept the socket.
+        restarted, or be stopping (it shuts its channels for reading), while
+        its gunicorn keeps the socket.
         """
         for _ in range(2):
             if self.sock is None and not self._open():
@@ -61,6 +69,8 @@ class Channel:
             try:
                 socket.send_fds(self.sock, [b"\0"], [fd])
                 return True
+            except BlockingIOError:
+                return False
             except OSError as error:
                 log.warning("channel to %s broke (%s); reopening", self.path, error)
                 self.close()
@@ -68,13 +78,14 @@ class Channel:
 
     def _open(self) -> bool:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(CHANNEL_TIMEOUT_S)
+        sock.settimeout(CONNECT_TIMEOUT_S)
         try:
             sock.connect(self.path)
         except OSError as error:
             log.warning("cannot reach %s: %s", self.path, error)
             sock.close()
             return False
+        sock.setblocking(False)  # a full channel raises instead of waiting
         self.sock = sock
         return True
 
@@ -104,7 +115,13 @@ class Balancer:
 
     def serve_forever(self) -> None:
         while True:
-            self.serve_one()
+            try:
+                self.serve_one()
+            except OSError as error:
+                # accept() reports a client that reset before it was taken,
+                # and running out of descriptors: neither ends the balancer.
+                log.error("accepting a client failed: %s", error)
+                time.sleep(ACCEPT_BACKOFF_S)
 
     def serve_one(self) -> None:
         client, _ = self.listener.accept()

@@ -38,6 +38,7 @@ Behaviour:
 from __future__ import annotations
 
 import io
+import os
 import socket
 import sys
 import time
@@ -235,6 +236,14 @@ class _Connection:
         self._reset()
 
 
+def _stop_reading(channel) -> None:
+    """Refuse further handoffs on ``channel`` (the sender gets EPIPE); what is queued stays readable."""
+    try:
+        channel.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass  # already shut, or gone
+
+
 def _peer(client) -> object:
     """A handed-over client's address, or None if it is already gone."""
     try:
@@ -285,8 +294,10 @@ class HttptoolsGeventWorker(GeventWorker):
         after between one and two ``keepalive`` periods of silence, never
         earlier, which keeps the load balancer's shorter idle timeout the one
         that acts. Once the worker stops (``alive`` false), connections
-        waiting for a request are closed at once, so a graceful stop does not
-        wait out keep-alive peers; busy ones close after their answer.
+        waiting for their next request are closed at once, so a graceful stop
+        does not wait out keep-alive peers; busy ones close after their
+        answer, new ones after their first answer; handoff channels stop
+        taking connections (``_serve_handoffs``).
         """
         ticks_per_pass = max(1, int(self._silence_s / WATCH_TICK_S))
         tick = 0
@@ -299,10 +310,10 @@ class HttptoolsGeventWorker(GeventWorker):
                         client.close()  # its greenlet gets an OSError and ends
                     conn.reads_at_last_pass = conn.reads
         for client, conn in list(self._connections.items()):
-            if conn.waiting:
+            if conn.waiting and conn.reads:  # a new one first gets its request answered
                 client.close()
         for channel in list(self._channels):
-            channel.close()  # its loop ends, then waits for its clients
+            _stop_reading(channel)  # its loop drains what is queued, then ends
 
     def _connection_environ(self, client, addr) -> dict:
         environ = {
@@ -340,12 +351,12 @@ class HttptoolsGeventWorker(GeventWorker):
             return
         conn.waiting = True  # the watcher may close it while it stays silent
         try:
-            first, fds, _, _ = socket.recv_fds(client, RECV_SIZE, MAX_HANDOFF_FDS)
+            first, fds, flags, _ = socket.recv_fds(client, RECV_SIZE, MAX_HANDOFF_FDS, socket.MSG_CMSG_CLOEXEC)
         except OSError:
-            first, fds = b"", []  # _serve sees the end of the stream and closes
-        if fds:
+            first, fds, flags = b"", [], 0  # _serve sees the end of the stream and closes
+        if fds or flags & socket.MSG_CTRUNC:
             del self._connections[client]
-            self._serve_handoffs(client, fds)
+            self._serve_handoffs(client, fds, flags)
         else:
             self._serve(client, conn, first)
 
@@ -355,22 +366,36 @@ class HttptoolsGeventWorker(GeventWorker):
         client.settimeout(None)  # cooperative waits without a gevent.Timeout each
         return conn
 
-    def _serve_handoffs(self, channel, fds: list[int]) -> None:
-        """Serve the client connections a balancer passes on ``channel`` until it closes."""
-        served = gevent.pool.Group()
+    def _serve_handoffs(self, channel, fds: list[int], flags: int) -> None:
+        """Serve the client connections a balancer passes on ``channel`` until it closes.
+
+        Once the worker stops, the channel is shut for reading: the balancer's
+        next handoff fails at once and goes to another instance, while the
+        connections already queued in the channel are still taken and each
+        gets its request answered (with ``Connection: close``).
+        """
+        served = gevent.pool.Pool(self.worker_connections)
         self._channels.add(channel)
         try:
-            while fds:
+            while True:
+                if flags & socket.MSG_CTRUNC:
+                    self.log.error("a handoff channel dropped client descriptors (out of descriptors?)")
                 for fd in fds:
-                    client = gevent.socket.socket(fileno=fd)
+                    try:
+                        client = gevent.socket.socket(fileno=fd)
+                    except OSError:  # not a socket: nothing to serve
+                        os.close(fd)
+                        continue
                     served.spawn(self._serve, client, self._register(client, _peer(client)), None)
+                if not self.alive:
+                    _stop_reading(channel)
                 try:
-                    _, fds, flags, _ = socket.recv_fds(channel, MAX_HANDOFF_FDS, MAX_HANDOFF_FDS)
+                    data, fds, flags, _ = socket.recv_fds(
+                        channel, MAX_HANDOFF_FDS, MAX_HANDOFF_FDS, socket.MSG_CMSG_CLOEXEC)
                 except OSError:
                     return
-                if flags & socket.MSG_CTRUNC:
-                    self.log.error("handoff channel dropped descriptors (more than %d at once)",
-                                   MAX_HANDOFF_FDS)
+                if not data:
+                    return  # the balancer closed it, or it is drained after a stop
         finally:
             self._channels.discard(channel)
             channel.close()
@@ -386,7 +411,10 @@ class HttptoolsGeventWorker(GeventWorker):
         try:
             while True:
                 if not conn.in_message:
-                    if not self.alive:
+                    # NOTE: a stopping worker still answers a connection's
+                    # first request: it may be one the balancer handed over
+                    # just before the stop, whose client is already waiting.
+                    if not self.alive and conn.reads:
                         return
                     conn.waiting = True
                 if first is None:

@@ -131,12 +131,76 @@ def test_a_connection_stays_with_its_instance(topology):
     client.close()
 
 
+def test_once_handed_over_a_connection_no_longer_needs_the_balancer(topology):
+    client = Client(topology.port)
+    client.send(payment())
+    assert client.answer()[0] == 202
+    stop(topology.balancer)
+    client.send(payment())
+    assert client.answer()[0] == 202
+    client.close()
+
+
+def test_the_instance_socket_still_serves_plain_http_with_keep_alive_and_pipelining(topology):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(topology.sockets[0])
+        sock.sendall(payment() + payment())  # two pipelined requests in the first message
+        answers = b""
+        while answers.count(b"HTTP/1.1 202") < 2:
+            answers += sock.recv(65536)
+        sock.sendall(payment())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 202")
+    assert topology.written() == [0, 3]
+
+
+def worker_of(instance: subprocess.Popen) -> int:
+    return int(subprocess.check_output(["pgrep", "-P", str(instance.pid)]).split()[0])
+
+
+def test_a_worker_stopping_gracefully_loses_no_connection(topology):
+    # Clients keep connecting while instance 1's worker stops and its gunicorn starts another.
+    os.kill(worker_of(topology.instances[0]), signal.SIGTERM)
+    statuses = []
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        statuses += topology.pay_on_new_connections(1)
+        time.sleep(0.05)
+    assert statuses == [202] * len(statuses)
+    assert sum(topology.written()) == len(statuses)
+
+
+def test_a_stalled_instance_holds_up_only_its_own_clients(topology):
+    stalled = worker_of(topology.instances[0])
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        clients = [Client(topology.port) for _ in range(4)]
+        waiting = []
+        for client in clients:
+            client.send(payment())
+            client.sock.settimeout(2)
+        # Instance 2's clients (every other one) are answered while instance 1 is stalled...
+        for client in clients:
+            try:
+                assert client.answer()[0] == 202
+            except TimeoutError:
+                waiting.append(client)
+        assert len(waiting) == 2
+    finally:
+        os.kill(stalled, signal.SIGCONT)
+    # ...and instance 1's, queued in its channel, once it resumes.
+    for client in waiting:
+        client.sock.settimeout(10)
+        assert client.answer()[0] == 202
+    assert topology.written() == [2, 2]
+    for client in clients:
+        client.close()
+
+
 def test_a_restarted_worker_takes_connections_again(topology):
     assert topology.pay_on_new_connections(2) == [202, 202]
     # The worker of instance 1 dies; its gunicorn starts another on the same socket.
-    master = topology.instances[0].pid
-    worker = int(subprocess.check_output(["pgrep", "-P", str(master)]).split()[0])
-    os.kill(worker, signal.SIGKILL)
+    os.kill(worker_of(topology.instances[0]), signal.SIGKILL)
     wait_until(lambda: answers_on_unix(topology.sockets[0]), "a new worker of instance 1")
     # Every connection is served, and instance 1's new worker gets its share again.
     assert topology.pay_on_new_connections(6) == [202] * 6

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -110,31 +111,27 @@ class Balancer:
         self.listener = listener
         self.channels = [Channel(path) for _ in range(channels) for path in instances]
         self.turn = 0
-        self.handed_over = 0
-        self.refused = 0
 
     def serve_forever(self) -> None:
         while True:
-            try:
-                self.serve_one()
-            except OSError as error:
-                # accept() reports a client that reset before it was taken,
-                # and running out of descriptors: neither ends the balancer.
-                log.error("accepting a client failed: %s", error)
-                time.sleep(ACCEPT_BACKOFF_S)
+            self.serve_one()
 
     def serve_one(self) -> None:
-        client, _ = self.listener.accept()
         try:
-            # Set here, once: the option belongs to the connection and goes with it.
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.hand_over(client.fileno()):
-                self.handed_over += 1
-            else:
-                self.refused += 1
+            client, _ = self.listener.accept()
+        except OSError as error:
+            # Out of descriptors, most likely: wait a little, do not end.
+            log.error("accepting a client failed: %s", error)
+            time.sleep(ACCEPT_BACKOFF_S)
+            return
+        with client:  # closing ours once handed over: the instance holds its own copy
+            try:
+                # Set here, once: the option belongs to the connection and goes with it.
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                return  # the client is already gone
+            if not self.hand_over(client.fileno()):
                 log.error("no instance took a connection; closing it")
-        finally:
-            client.close()  # the instance holds its own copy now
 
     def hand_over(self, fd: int) -> bool:
         """Give ``fd`` to the next instance that takes it."""
@@ -157,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("instances", nargs="+", metavar="SOCKET",
                         help="unix socket of each API instance (gunicorn's bind)")
     parser.add_argument("--bind", default="0.0.0.0:9999", help="host:port to accept clients on (default %(default)s)")
-    parser.add_argument("--channels", type=int, default=1,
-                        help="channels per instance: its gunicorn workers (default %(default)s)")
+    parser.add_argument("--channels", type=int, default=int(os.environ.get("BRUTO_WORKERS", "1")),
+                        help="channels per instance: its gunicorn workers (default: BRUTO_WORKERS, or 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

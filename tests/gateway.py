@@ -29,6 +29,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def terminate(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM a process we started and wait for it; SIGKILL it if it does not exit in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Gateway:
     """gunicorn (N gevent workers) on a TCP port and one dispatcher, sharing a temp shm dir."""
 

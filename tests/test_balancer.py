@@ -17,6 +17,7 @@ from gateway import REPO
 from gateway import Client
 from gateway import free_port
 from gateway import payment
+from gateway import terminate
 
 SLOTS = 2
 
@@ -43,16 +44,6 @@ def answers_on_unix(path: str) -> bool:
             return sock.recv(12).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 class Topology:
@@ -100,7 +91,7 @@ class Topology:
 
     def close(self) -> None:
         for process in [self.balancer, *self.instances]:
-            stop(process)
+            terminate(process)
 
 
 @pytest.fixture
@@ -135,7 +126,7 @@ def test_once_handed_over_a_connection_no_longer_needs_the_balancer(topology):
     client = Client(topology.port)
     client.send(payment())
     assert client.answer()[0] == 202
-    stop(topology.balancer)
+    terminate(topology.balancer)
     client.send(payment())
     assert client.answer()[0] == 202
     client.close()
@@ -208,14 +199,14 @@ def test_a_restarted_worker_takes_connections_again(topology):
 
 
 def test_with_one_instance_gone_the_other_takes_every_connection(topology):
-    stop(topology.instances[0])
+    terminate(topology.instances[0])
     assert topology.pay_on_new_connections(4) == [202] * 4
     assert topology.written() == [0, 4]
 
 
 def test_with_no_instance_a_client_is_closed_at_once(topology):
     for process in topology.instances:
-        stop(process)
+        terminate(process)
     client = Client(topology.port)
     started = time.monotonic()
     assert client.closed()

@@ -13,7 +13,6 @@ import types
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
 from gateway import Gateway

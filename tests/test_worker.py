@@ -25,6 +25,7 @@ from bruto.worker import _Connection
 from gateway import REPO
 from gateway import Client
 from gateway import payment
+from gateway import terminate
 from gateway import free_port
 
 WORKER_CLASS = "bruto.worker.HttptoolsGeventWorker"
@@ -133,13 +134,7 @@ def server(tmp_path, request):
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process, 30)
 
 
 def written(server) -> int:

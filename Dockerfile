@@ -1,5 +1,5 @@
-# bruto: one image for the API instances, the dispatcher and the processor
-# emulator (only the command differs).
+# bruto: one image for the load balancer, the API instances, the dispatcher and
+# the processor emulator (only the command differs).
 # Multi-stage: wheels are built in the first stage, the runtime stage only
 # installs them (no index, no compiler, no pip settings).
 # Build: `docker compose build`, or tools/build_images.sh where Docker Hub or the
@@ -35,6 +35,6 @@ COPY conf ./conf
 USER bruto
 ENV BRUTO_SHM_DIR=/dev/shm/bruto \
     PYTHONUNBUFFERED=1
-# The API by default; the compose files run `bruto-dispatcher` and
-# `bruto-emulator` from the same image.
+# The API by default; the compose files run `bruto-balancer`,
+# `bruto-dispatcher` and `bruto-emulator` from the same image.
 CMD ["gunicorn", "-c", "conf/gunicorn.py"]

@@ -1,11 +1,12 @@
 """The local bruto stack, as plain processes: ``bruto-stack up|down|status``.
 
-The topology is the compose file's: a load balancer on :9999 (``bruto.balancer``,
-or nginx with ``--balancer nginx``) in front of two gunicorn instances on unix sockets, one dispatcher, and (unless processor URLs are
-given) two processor emulators, default on 8001 and fallback on 8002.
+The topology is the compose file's: a load balancer on :9999
+(``bruto.balancer``, or nginx with ``--balancer nginx``) in front of two
+gunicorn instances on unix sockets, one dispatcher, and (unless processor URLs
+are given) two processor emulators, default on 8001 and fallback on 8002.
 
-``--limits`` confines bruto's processes (the balancer included, the emulators not) in
-cgroup v1 cpu, cpuacct and memory groups, with the challenge's 1.5 CPU and
+``--limits`` confines bruto's processes (the balancer included, the emulators
+not) in cgroup v1 cpu, cpuacct and memory groups, with the challenge's 1.5 CPU and
 350 MB split per service as `SERVICE_LIMITS` says. The groups are nested under
 the cgroups of the process running ``up``, so whoever accounts for that
 process still accounts for the stack.

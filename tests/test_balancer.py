@@ -13,10 +13,10 @@ import pytest
 
 from bruto.config import Settings
 from bruto.layout import open_intake
-from gateway import REPO
 from gateway import Client
 from gateway import free_port
 from gateway import payment
+from gateway import REPO
 from gateway import terminate
 
 SLOTS = 2

@@ -22,11 +22,11 @@ from bruto.config import Settings
 from bruto.layout import open_intake
 from bruto.worker import MAX_BODY
 from bruto.worker import _Connection
-from gateway import REPO
 from gateway import Client
-from gateway import payment
-from gateway import terminate
 from gateway import free_port
+from gateway import payment
+from gateway import REPO
+from gateway import terminate
 
 WORKER_CLASS = "bruto.worker.HttptoolsGeventWorker"
 LIMITS = (4094, 100 * 8190, 100)

@@ -1,7 +1,11 @@
-# bruto: one image for the load balancer, the API instances, the dispatcher and
-# the processor emulator (only the command differs).
-# Multi-stage: wheels are built in the first stage, the runtime stage only
-# installs them (no index, no compiler, no pip settings).
+# bruto's images, one Dockerfile:
+#   bruto           (the default, last stage) the product: the load balancer,
+#                   the API instances and the dispatcher (only the command
+#                   differs); it carries what the product imports and nothing else
+#   bruto-emulator  (--target emulator) the processor emulator of the testbed,
+#                   for docker-compose.processors.yml
+# Wheels are built in the first stage; the others only install them (no index,
+# no compiler, no pip settings).
 # Build: `docker compose build`, or tools/build_images.sh where Docker Hub or the
 # package index need local help (docs/CONTAINERS.md).
 FROM python:3.11-slim AS build
@@ -21,20 +25,33 @@ RUN --mount=type=secret,id=pip_ca,required=false \
         export PIP_CERT=/tmp/ca.pem; \
     fi; \
     if [ -s /run/secrets/pip_conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip_conf; fi; \
-    pip wheel --no-cache-dir --wheel-dir /wheels .; \
+    pip wheel --no-cache-dir --wheel-dir /wheels/product .; \
+    pip wheel --no-cache-dir --wheel-dir /wheels/emulator '.[emulator]'; \
     rm -f /tmp/ca.pem
 
-FROM python:3.11-slim
+FROM python:3.11-slim AS emulator
+RUN useradd --create-home --uid 1000 bruto
+COPY --from=build /wheels/emulator /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'bruto[emulator]' && rm -rf /wheels
+USER bruto
+ENV PYTHONUNBUFFERED=1
+CMD ["bruto-emulator", "--host", "0.0.0.0", "--port", "8080"]
+
+FROM python:3.11-slim AS product
 # uid 1000: the compose file's tmpfs volumes (shared memory, sockets) are
 # mounted with uid=1000 so this user owns them.
 RUN useradd --create-home --uid 1000 bruto
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
-WORKDIR /app
-COPY conf ./conf
+COPY --from=build /wheels/product /wheels
+# The testbed ships in the same wheel; the product never imports it and its
+# dependencies are not installed here, so it and its commands are removed.
+RUN set -eu; \
+    pip install --no-cache-dir --no-index /wheels/*.whl; \
+    rm -rf /wheels "$(python -c 'import bruto, os; print(os.path.dirname(bruto.__file__))')/testbed"; \
+    bin=$(dirname "$(command -v bruto-dispatcher)"); \
+    rm -f "$bin/bruto-emulator" "$bin/bruto-stack" "$bin/bruto-bench"
 USER bruto
 ENV BRUTO_SHM_DIR=/dev/shm/bruto \
     PYTHONUNBUFFERED=1
-# The API by default; the compose files run `bruto-balancer`,
-# `bruto-dispatcher` and `bruto-emulator` from the same image.
-CMD ["gunicorn", "-c", "conf/gunicorn.py"]
+# The API by default; the compose file runs `bruto-balancer` and
+# `bruto-dispatcher` from the same image.
+CMD ["gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"]

@@ -1,31 +1,46 @@
-# The two set-up commands of the README, and a few more.
+# The two commands of the README, and a few more.
 #   make up     install what is missing, then start the stack on :9999
 #   make test   install what is missing, then run the whole test suite
-# Both are idempotent: a second run installs nothing.
+# Both are idempotent: a second run installs nothing. Python packages go into
+# a virtual environment (.venv), never into the system's Python; Debian
+# packages (python3-venv, nginx, ...) are installed with apt-get when missing,
+# which needs root.
 
 PYTHON ?= python3
-PIP = $(PYTHON) -m pip
-# Real processors, if you have them; without them the stack starts emulators.
-BRUTO_DEFAULT_URL ?=
-BRUTO_FALLBACK_URL ?=
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+# Debian packages the tests and the benchmark run: nginx (the benchmark's floor
+# and the nginx topology of the stack).
+TEST_PACKAGES := nginx
 
 .PHONY: install up down status test bench
 
-install:
-	@command -v nginx >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
-	@$(PIP) install -q --disable-pip-version-check -e '.[test,bench]'
+# pyproject.toml changes reinstall; the stamp says the last install succeeded.
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null \
+		|| { echo "installing python3 and python3-venv (apt)"; apt-get update -qq && $(APT_INSTALL) python3 python3-venv >/dev/null; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
 
+install: $(VENV)/.installed
+	@missing=$$(for p in $(TEST_PACKAGES); do command -v $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing $$missing (apt)"; apt-get update -qq && $(APT_INSTALL) $$missing >/dev/null; fi
+
+# Real processors: make up BRUTO_DEFAULT_URL=http://... BRUTO_FALLBACK_URL=http://...
+# (both, or neither to start local emulators); make passes them on to bruto-stack.
 up: install
-	bruto-stack up $(if $(BRUTO_DEFAULT_URL),--default-url $(BRUTO_DEFAULT_URL) --fallback-url $(BRUTO_FALLBACK_URL))
+	$(BIN)/bruto-stack up
 
 down:
-	bruto-stack down
+	$(BIN)/bruto-stack down
 
 status:
-	bruto-stack status
+	$(BIN)/bruto-stack status
 
 test: install
-	$(PYTHON) -m pytest
+	$(BIN)/python -m pytest
 
 bench: install
-	bruto-bench
+	$(BIN)/bruto-bench

@@ -8,7 +8,7 @@ Why: behind nginx (conf/nginx.conf), every request crosses three processes
 request of a burst (docs/BENCHMARKS.md, issue 6). This balancer accepts a
 client's connection and passes its file descriptor (``SCM_RIGHTS``) to one
 instance, round robin, over the unix socket that instance's gunicorn already
-listens on: ``bruto.worker`` recognises a connection whose first message
+listens on: ``bruto.gateway.worker`` recognises a connection whose first message
 carries descriptors as a handoff channel. From then on the client and the
 worker talk directly: the balancer is on no request's path, and a request
 wakes one process instead of three.
@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import socket
 import sys
 import time
+
+from bruto.config import Settings
 
 log = logging.getLogger("bruto.balancer")
 
@@ -150,11 +151,12 @@ def listen(address: str) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> None:
+    settings = Settings.from_env()
     parser = argparse.ArgumentParser(prog="bruto-balancer", description=__doc__.split("\n")[0])
     parser.add_argument("instances", nargs="+", metavar="SOCKET",
                         help="unix socket of each API instance (gunicorn's bind)")
     parser.add_argument("--bind", default="0.0.0.0:9999", help="host:port to accept clients on (default %(default)s)")
-    parser.add_argument("--channels", type=int, default=int(os.environ.get("BRUTO_WORKERS", "1")),
+    parser.add_argument("--channels", type=int, default=settings.workers,
                         help="channels per instance: its gunicorn workers (default: BRUTO_WORKERS, or 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s")

@@ -1,16 +1,23 @@
 """Runtime settings, read once from the environment.
 
-Every setting is declared once, here: its environment variable, its default and
-why the default is what it is. The gateway (gunicorn workers), the dispatcher
-and the tools all build their `Settings` from the same environment, so two
-processes started side by side agree on the shared directory and the sizes of
-its regions.
+Every setting is declared once, here: its environment variable (``BRUTO_`` and
+the field's name in capitals), its type, its default and why the default is
+what it is. gunicorn's configuration (bruto.gateway.gunicorn_conf), the
+dispatcher, the balancer and the tools all build their `Settings` from the
+same environment, so processes started side by side agree on the shared
+directory and the sizes of its regions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import typing
+from collections.abc import Mapping
+
+
+class SettingError(ValueError):
+    """An environment variable holds a value its setting cannot take."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +30,17 @@ class Settings:
     default_url: str = "http://127.0.0.1:8001"
     fallback_url: str = "http://127.0.0.1:8002"
 
+    # Where one API instance listens: ``host:port`` or ``unix:/path``.
+    bind: str = "0.0.0.0:9999"
+    # gevent workers per API instance. One is enough at the challenge's load
+    # and keeps its CPU share in one process; the balancer opens this many
+    # handoff channels per instance.
+    workers: int = 1
+    # gunicorn's worker class: bruto's (gevent + httptools), or ``gevent``.
+    worker_class: str = "bruto.gateway.worker.HttptoolsGeventWorker"
+    # Log level of every process (gunicorn's names: debug, info, warning, error).
+    log_level: str = "info"
+
     # Intake: one slab per web worker. Slots are shared by every gunicorn
     # instance that uses the same shm_dir, so this must cover instances x workers.
     intake_slots: int = 8
@@ -31,7 +49,7 @@ class Settings:
     intake_capacity: int = 65536
 
     # Confirmed payments kept for summaries. The official test stores about
-    # 17,000; a million covers hours of that load at 40 bytes a record.
+    # 17,000; a million covers hours of that load at 33 bytes a record.
     ledger_capacity: int = 1 << 20
 
     # Payments the dispatcher holds between intake and confirmation (queued,
@@ -40,20 +58,46 @@ class Settings:
     outbox_capacity: int = 1 << 16
 
     # Most payments in flight to processors at once; the dispatcher sizes the
-    # actual number by Little's law (bruto.routing) and never goes above this.
+    # actual number by Little's law (bruto.dispatcher.routing) and never goes above this.
     senders: int = 128
 
     # Seconds default may stay down before payments go to fallback and pay its
-    # higher fee (the profit model is in bruto/routing.py).
+    # higher fee (the profit model is in bruto/dispatcher/routing.py).
     default_patience_s: float = 30.0
 
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and value <= 0:
+                raise SettingError(f"{env_name(field.name)} must be positive, not {value}")
+
     @classmethod
-    def from_env(cls, environ: os._Environ | dict | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from ``BRUTO_*`` variables; unset or empty ones keep their default.
+
+        Raises:
+            SettingError: a variable does not convert to its setting's type,
+                or is not positive where a number must be.
+        """
         env = os.environ if environ is None else environ
+        types = typing.get_type_hints(cls)
         values = {}
         for field in dataclasses.fields(cls):
-            raw = env.get("BRUTO_" + field.name.upper())
-            if raw is None or raw == "":
+            name = env_name(field.name)
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
                 continue
-            values[field.name] = {"int": int, "float": float}.get(field.type, str)(raw)
+            kind = types[field.name]
+            try:
+                values[field.name] = kind(raw.strip())
+            except ValueError:
+                raise SettingError(f"{name} must be {_KIND_NAMES[kind]}, not {raw!r}") from None
         return cls(**values)
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "text"}
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``shm_dir`` -> ``BRUTO_SHM_DIR``."""
+    return "BRUTO_" + field.upper()

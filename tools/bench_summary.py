@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from bruto.layout import LEDGER
-from bruto.ledger import totals
-from bruto.shm import Region
+from bruto.shm.layout import LEDGER
+from bruto.shm.ledger import totals
+from bruto.shm.region import Region
 
 
 def main() -> None:

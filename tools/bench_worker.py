@@ -3,7 +3,7 @@
     python tools/bench_worker.py [--worker-class gevent] [--requests 20000] [--burst 12]
                                  [--conns 64] [--profile out.txt [--perf]] [--nginx [CONF]]
 
-Starts one gunicorn instance (conf/gunicorn.py, one worker) on a unix socket,
+Starts one gunicorn instance (bruto.gateway.gunicorn_conf, one worker) on a unix socket,
 on a fresh shared directory and without a dispatcher, optionally behind
 conf/nginx.conf (``--nginx``: then the client speaks TCP to nginx and nginx
 speaks to the socket). The client keeps ``--conns`` keep-alive connections
@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bruto import stack as stack_mod  # noqa: E402
+from bruto.testbed.stack import runner as stack_mod  # noqa: E402
 
 
 def cpu_seconds(pid: int, which: slice = slice(11, 13)) -> float:
@@ -83,7 +83,7 @@ def read_response(sock: socket.socket, pending: bytearray) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker-class", help="BRUTO_WORKER_CLASS (default: conf/gunicorn.py's)")
+    parser.add_argument("--worker-class", help="BRUTO_WORKER_CLASS (default: bruto.gateway.gunicorn_conf's)")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--burst", type=int, default=12)
     parser.add_argument("--conns", type=int, default=64)
@@ -103,7 +103,7 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     spy = None
     log = open(tmp / "gunicorn.log", "wb")
-    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "conf/gunicorn.py")],
+    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"],
                                 env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     procs.append(gunicorn)
     try:

@@ -13,7 +13,8 @@
 #                        `nginx -g 'daemon off;'`, logs to stdout/stderr
 #    Where Docker Hub is reachable, the official images of those names work
 #    the same and this step is not needed.
-# 2. `docker compose build` (the bruto image, used by docker-compose.yml and
+# 2. `docker compose build` of both compose files (the bruto image for
+#    docker-compose.yml, the bruto-emulator image for
 #    docker-compose.processors.yml), with this host's settings for reaching the
 #    Python package index handed to the build as BuildKit secrets, so that none
 #    of them ends up in a layer, in the image history or in the repository:
@@ -197,5 +198,6 @@ EOF
 export BRUTO_PIP_CA="$WORK/pip_ca" BRUTO_PIP_CONF="$WORK/pip_conf"
 log "docker compose build"
 docker compose -f docker-compose.yml build
+docker compose -f docker-compose.processors.yml build
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \
-    | grep -E "^(bruto|python|nginx):" >&2
+    | grep -E "^(bruto|bruto-emulator|python|nginx):" >&2

@@ -1,0 +1,59 @@
+"""The health poller: service-health of each processor, within its rate limit.
+
+The processors allow one service-health call per 5 s window each, shared by
+every caller. Only the dispatcher polls, and only one dispatcher runs per
+shared directory (it holds ``dispatcher.lock``), so the poller is elected by
+that same lock; the time of the next allowed call is kept in the shared
+health table, so a dispatcher that takes over after a crash respects the
+window its predecessor opened.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+
+from bruto.dispatcher import breaker
+from bruto.dispatcher.processor import Health
+from bruto.dispatcher.processor import RateLimited
+from bruto.shm.layout import PROCESSOR_NAMES
+from bruto.timefmt import now_us
+
+log = logging.getLogger("bruto.dispatcher.health")
+
+# One call per 5 s window; the margin keeps two calls from ever landing in one
+# window through clock jitter (a second call would queue for the next window).
+POLL_INTERVAL_US = 5_100_000
+
+
+class HealthPoller:
+    def __init__(self, clients, health_rows):
+        self._clients = clients
+        self._rows = health_rows
+
+    def run(self) -> None:
+        while True:
+            now = now_us()
+            due = [p for p in range(len(self._clients)) if int(self._rows[p]["next_poll_at"]) <= now]
+            if due:
+                gevent.joinall([gevent.spawn(self.poll, p) for p in due])
+            next_at = min(int(row["next_poll_at"]) for row in self._rows)
+            gevent.sleep(max(0.05, (next_at - now_us()) / 1_000_000))
+
+    def poll(self, processor: int) -> None:
+        row = self._rows[processor]
+        started = now_us()
+        # Claim the window before calling, so a crash mid-call cannot lead to a
+        # second call in the same window.
+        row["next_poll_at"] = started + POLL_INTERVAL_US
+        report = self._clients[processor].health()
+        now = now_us()
+        if isinstance(report, Health):
+            row["failing"] = int(report.failing)
+            row["min_response_ms"] = report.min_response_ms
+            row["polled_at"] = now
+            breaker.record_health(row, report.failing, now)
+        elif isinstance(report, RateLimited):
+            row["next_poll_at"] = max(int(row["next_poll_at"]), now + int(report.retry_after_s * 1_000_000))
+            log.warning("%s health rate-limited; next call in %.1f s", PROCESSOR_NAMES[processor], report.retry_after_s)

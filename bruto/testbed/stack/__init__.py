@@ -1,0 +1,1 @@
+"""The compose file's topology as local processes: ``bruto-stack up|down|status``."""

@@ -1,9 +1,0 @@
-"""WSGI entry point for gunicorn: ``bruto.wsgi:app``.
-
-Imported in each worker after the fork (the config does not preload), so every
-worker claims its own intake slot.
-"""
-
-from bruto.app import create_app
-
-app = create_app()

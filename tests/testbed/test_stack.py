@@ -1,0 +1,258 @@
+"""`bruto-stack up/down`: the whole local stack as processes, a few payments through its balancer."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bruto.testbed.bench.run import FLOOR_CONF
+from bruto.testbed.stack import cgroups
+from bruto.testbed.stack import cli
+from bruto.testbed.stack import runner
+from bruto.testbed.stack import services
+
+pytestmark = pytest.mark.slow  # real processes
+
+CGROUPS_UNAVAILABLE = cgroups.unavailable_reason()
+needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url, headers=None):
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def post_payment(base_url):
+    body = json.dumps({"correlationId": str(uuid.uuid4()), "amount": 19.90}).encode()
+    request = urllib.request.Request(
+        f"{base_url}/payments", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.status
+
+
+@pytest.fixture
+def stack_args(tmp_path):
+    port, default_port, fallback_port = free_port(), free_port(), free_port()
+    shm_dir = f"/dev/shm/bruto-test-{uuid.uuid4().hex[:8]}"
+    args = [
+        "--run-dir", str(tmp_path / "run"),
+        "--shm-dir", shm_dir,
+        "--port", str(port),
+        "--emulator-ports", f"{default_port},{fallback_port}",
+    ]
+    info = {
+        "args": args,
+        "run_dir": tmp_path / "run",
+        "shm_dir": shm_dir,
+        "base_url": f"http://127.0.0.1:{port}",
+        "processors": {
+            "default": f"http://127.0.0.1:{default_port}",
+            "fallback": f"http://127.0.0.1:{fallback_port}",
+        },
+    }
+    yield info
+    # Whatever the test did, nothing it started outlives it.
+    cli.main(["down"] + args)
+
+
+def live_children_cmdlines():
+    """Command lines of this test process's children that are still running."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                found.append(Path(f"/proc/{entry}/cmdline").read_bytes())
+        except OSError:
+            continue
+    return found
+
+
+def recorded(run_dir):
+    return json.loads((Path(run_dir) / "state.json").read_text())
+
+
+def check_payments_flow(info):
+    """Five payments through the balancer; the summary ends up equal to the processors' own."""
+    assert all(post_payment(info["base_url"]) == 202 for _ in range(5))
+    admin = {"X-Rinha-Token": "123"}
+    deadline = time.monotonic() + 15
+    while True:
+        ours = get_json(f"{info['base_url']}/payments-summary")
+        theirs = {
+            name: get_json(f"{url}/admin/payments-summary", admin)
+            for name, url in info["processors"].items()
+        }
+        settled = ours["default"]["totalRequests"] + ours["fallback"]["totalRequests"] == 5
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for name in ("default", "fallback"):
+        assert ours[name]["totalRequests"] == theirs[name]["totalRequests"]
+        assert ours[name]["totalAmount"] == pytest.approx(theirs[name]["totalAmount"])
+    assert ours["default"]["totalRequests"] + ours["fallback"]["totalRequests"] == 5
+    assert ours["default"]["totalAmount"] + ours["fallback"]["totalAmount"] == pytest.approx(99.50)
+
+
+def check_down(info, state):
+    assert cli.main(["down"] + info["args"]) == 0
+    for record in state["processes"]:
+        assert runner.group_members(record["pid"]) == [], record["name"]
+    assert not (info["run_dir"] / "state.json").exists()
+    assert not os.path.exists(info["shm_dir"])
+
+
+@pytest.mark.parametrize("balancer", ["bruto", pytest.param("nginx", marks=needs_nginx)])
+def test_up_payments_down(stack_args, balancer):
+    assert cli.main(["up", "--balancer", balancer] + stack_args["args"]) == 0
+    state = recorded(stack_args["run_dir"])
+    names = [p["name"] for p in state["processes"]]
+    assert names == ["emulator-default", "emulator-fallback", "dispatcher", "api1", "api2", "balancer"]
+    assert state["processes"][-1]["argv"][:3 if balancer == "bruto" else 1] == (
+        [sys.executable, "-m", "bruto.balancer"] if balancer == "bruto" else ["nginx"])
+    assert state["cgroups"] == {}
+    rows = {row["name"]: row for row in runner.Stack(stack_args["run_dir"]).status()}
+    assert all(row["alive"] for row in rows.values())
+    assert rows["balancer"]["answers"] == "ok" and rows["api1"]["answers"] == "ok"
+    check_payments_flow(stack_args)
+    check_down(stack_args, state)
+
+
+@pytest.mark.skipif(CGROUPS_UNAVAILABLE is not None, reason=f"--limits: {CGROUPS_UNAVAILABLE}")
+def test_up_with_limits(stack_args):
+    assert cli.main(["up", "--limits"] + stack_args["args"]) == 0
+    state = recorded(stack_args["run_dir"])
+    groups = state["cgroups"]
+    assert set(groups) == {"", "balancer", "api1", "api2", "dispatcher"}
+
+    def quota(name):
+        return int(Path(groups[name]["cpu"], "cpu.cfs_quota_us").read_text())
+
+    def limit(name):
+        return int(Path(groups[name]["memory"], "memory.limit_in_bytes").read_text())
+
+    assert quota("") == 150_000 and limit("") == 350 * 2**20
+    assert sum(quota(n) for n in services.SERVICE_LIMITS) == 150_000
+    assert sum(limit(n) for n in services.SERVICE_LIMITS) == 350 * 2**20
+    for record in state["processes"]:
+        if record["name"].startswith("emulator"):
+            assert not record["limited"]
+            continue
+        # Every process of the service, forked children included, is confined.
+        members = set(runner.group_members(record["pid"]))
+        assert members and members <= set(cgroups.pids(groups[record["name"]])), record["name"]
+    check_payments_flow(stack_args)
+    check_down(stack_args, state)
+    for paths in groups.values():
+        assert not any(os.path.exists(p) for p in paths.values())
+
+
+def test_failed_start_names_the_service_and_shows_its_log(tmp_path):
+    port = free_port()
+    services = [
+        runner.Service("sleeper", ["sleep", "60"], {}, ready=("alive", 0.2), limited=False),
+        runner.Service(
+            "broken",
+            ["sh", "-c", "echo 'bind: address already in use' >&2; exit 3"],
+            {},
+            ready=("http", f"http://127.0.0.1:{port}/", {}),
+            limited=False,
+        ),
+    ]
+    stack = runner.Stack(tmp_path / "run", services)
+    with pytest.raises(runner.StackError) as raised:
+        stack.up()
+    message = str(raised.value)
+    assert "broken exited (3)" in message
+    assert "bind: address already in use" in message
+    # What had started is stopped again, and nothing is left recorded.
+    assert not (tmp_path / "run" / "state.json").exists()
+    sleeper_log = tmp_path / "run" / "sleeper.log"
+    assert sleeper_log.exists()
+    assert b"sleep\x0060\x00" not in live_children_cmdlines()
+
+
+def test_service_that_never_answers_times_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "READY_TIMEOUT_S", 0.5)
+    port = free_port()
+    services = [
+        runner.Service("mute", ["sleep", "60"], {}, ready=("http", f"http://127.0.0.1:{port}/", {}), limited=False)
+    ]
+    with pytest.raises(runner.StackError, match=r"mute did not answer within"):
+        runner.Stack(tmp_path / "run", services).up()
+    assert not (tmp_path / "run" / "state.json").exists()
+
+
+@needs_nginx
+def test_rendered_nginx_configs_are_valid(tmp_path):
+    conf = services.render_nginx_conf(services.NGINX_CONF, tmp_path, 12345, socket_dir=tmp_path)
+    text = conf.read_text()
+    assert "listen 12345 " in text
+    assert f"server unix:{tmp_path}/api1.sock;" in text and "/run/bruto/" not in text
+    floor = services.render_nginx_conf(FLOOR_CONF, tmp_path, 12346)
+    for path in (conf, floor):
+        result = subprocess.run(
+            ["nginx", "-t", "-p", str(tmp_path), "-c", str(path), "-g",
+             f"pid {tmp_path}/t.pid; error_log {tmp_path}/t.log;"],
+            capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_refuses_a_port_something_else_answers(tmp_path):
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        services = [runner.Service("late", ["sleep", "60"], {}, ready=("http", url, {}), limited=False)]
+        with pytest.raises(runner.StackError, match="late: .* already answers"):
+            runner.Stack(tmp_path / "run", services).up()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert b"sleep\x0060\x00" not in live_children_cmdlines()
+
+
+def test_limits_are_the_compose_files():
+    """The stack confines each service as docker-compose.yml does, and the totals are the challenge's."""
+    compose = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read_text())
+    declared = {}
+    for name, service in compose["services"].items():
+        limits = service.get("deploy", {}).get("resources", {}).get("limits")
+        if limits:
+            memory = limits["memory"]
+            assert memory.endswith("MB"), f"{name}: memory limit {memory!r} in MB, please"
+            declared[name] = (float(limits["cpus"]), int(memory[:-2]))
+    assert declared == services.SERVICE_LIMITS
+    assert round(sum(cpus for cpus, _ in declared.values()), 2) == 1.5
+    assert sum(mb for _, mb in declared.values()) == 350

@@ -1,0 +1,54 @@
+"""The validation table of POST /payments (bruto/validation.py), row by row."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bruto.gateway.validation import InvalidPayment
+from bruto.gateway.validation import parse_payment
+from bruto.money import format_cents
+
+ID = "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3"
+
+
+def test_a_valid_payment_gives_id_bytes_and_cents():
+    assert parse_payment(b'{"correlationId":"%s","amount":19.90}' % ID.encode()) == (uuid.UUID(ID).bytes, 1990)
+    assert parse_payment(b'{"correlationId":"%s","amount":20}' % ID.encode())[1] == 2000
+
+
+@pytest.mark.parametrize("body, status, error", [
+    (b"x" * 5000, 413, "body is larger than 4096 bytes"),
+    (b"", 400, "body is not valid JSON"),
+    (b'{"correlationId": ', 400, "body is not valid JSON"),
+    (b'{"correlationId":"%s","amount":NaN}' % ID.encode(), 400, "body is not valid JSON"),
+    (b'[1, 2]', 400, "body must be a JSON object"),
+    (b'{"amount": 1}', 422, "correlationId is required"),
+    (b'{"correlationId": 7, "amount": 1}', 422, "correlationId must be a UUID"),
+    (b'{"correlationId": "not-a-uuid", "amount": 1}', 422, "correlationId must be a UUID"),
+    (b'{"correlationId":"%s"}' % ID.encode(), 422, "amount is required"),
+    (b'{"correlationId":"%s","amount":"19.90"}' % ID.encode(), 422, "amount must be a number"),
+    (b'{"correlationId":"%s","amount":true}' % ID.encode(), 422, "amount must be a number"),
+    (b'{"correlationId":"%s","amount":0}' % ID.encode(), 422, "amount must be positive"),
+    (b'{"correlationId":"%s","amount":-1.5}' % ID.encode(), 422, "amount must be positive"),
+    (b'{"correlationId":"%s","amount":19.901}' % ID.encode(), 422, "amount must have at most 2 decimals"),
+    (b'{"correlationId":"%s","amount":0.001}' % ID.encode(), 422, "amount must have at most 2 decimals"),
+    (b'{"correlationId":"%s","amount":1e12}' % ID.encode(), 422, "amount must be at most 1000000000.00"),
+])
+def test_bad_input_gets_its_status_and_message(body, status, error):
+    with pytest.raises(InvalidPayment) as raised:
+        parse_payment(body)
+    assert (raised.value.status, raised.value.message) == (status, error)
+
+
+@given(st.integers(min_value=1, max_value=100_000_000_000))
+def test_every_two_decimal_amount_is_read_exactly(cents):
+    body = b'{"correlationId":"%s","amount":%s}' % (ID.encode(), format_cents(cents).encode())
+    assert parse_payment(body)[1] == cents
+
+
+def test_format_cents():
+    assert [format_cents(c) for c in (0, 5, 1990, 100, -250)] == ["0.00", "0.05", "19.90", "1.00", "-2.50"]

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from bruto.config import Settings
+from bruto.config import settings_or_exit
 from bruto.dispatcher import breaker
 from bruto.shm.layout import DISPATCH
 from bruto.shm.layout import HEALTH
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shm-dir", help="shared directory (default: BRUTO_SHM_DIR or /dev/shm/bruto)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    settings = settings_or_exit("bruto-shm")
     if args.shm_dir:
         settings = dataclasses.replace(settings, shm_dir=args.shm_dir)
     try:

@@ -1,4 +1,4 @@
-"""HTTP client of one payment processor (CONTRACT.md §2), over a pooled requests.Session.
+"""HTTP client of one payment processor (docs/CHALLENGE.md §2), over a pooled requests.Session.
 
 Every call returns a plain value saying what the processor did, never raises
 for network trouble: the dispatcher decides what to do next from that value.

@@ -40,6 +40,7 @@ import sys
 import gevent
 
 from bruto.config import Settings
+from bruto.config import settings_or_exit
 from bruto.dispatcher import breaker
 from bruto.dispatcher import routing
 from bruto.dispatcher.health import HealthPoller
@@ -336,7 +337,7 @@ def _hold_lock(settings: Settings) -> int:
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    settings = settings_or_exit("bruto-dispatcher")
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s")
     create_all(settings)

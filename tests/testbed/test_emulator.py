@@ -1,6 +1,6 @@
 """The processor emulator over real HTTP, against real processes.
 
-Each test pins one behaviour of CONTRACT.md section 2 (docs/EMULATOR.md maps
+Each test pins one behaviour of docs/CHALLENGE.md §2 (docs/EMULATOR.md maps
 them). Durations are asserted only where they are the behaviour: a request
 waits out its delay, a queued health call is served in a later window.
 """

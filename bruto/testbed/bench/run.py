@@ -1,8 +1,8 @@
 """The Rinha benchmark: ``bruto-bench``.
 
-Runs tools/rinha.js (the official test rewritten from CONTRACT.md §3) with k6
+Runs rinha.js (the official test, docs/CHALLENGE.md §3) with k6
 against bruto and against the floor (nginx answering from static rules,
-conf/nginx-floor.conf) in the same invocation, scores bruto as CONTRACT.md §4
+nginx-floor.conf) in the same invocation, scores bruto as docs/CHALLENGE.md §4
 does, and prints the score as JSON and one summary line per run.
 
 By default it starts two emulators, then for each run a fresh bruto stack

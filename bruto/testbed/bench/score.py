@@ -11,7 +11,7 @@ def _metric(metrics: dict, name: str, field: str) -> float:
 
 
 def score(summary: dict) -> dict:
-    """Score a run as CONTRACT.md §4 does, from the JSON tools/rinha.js writes.
+    """Score a run as docs/CHALLENGE.md §4 does, from the JSON rinha.js writes.
 
     Args:
         summary: ``{"metrics": ..., "state": ...}`` as written by the script's

@@ -6,7 +6,7 @@ process is one processor; run two (fee 0.05 and 0.15) for default and fallback:
 
     bruto-emulator --port 8001 --fee 0.05 [--token 123] [--health-window 5]
 
-It follows ../shared/docs/CONTRACT.md section 2 down to status codes and the
+It follows docs/CHALLENGE.md §2 down to status codes and the
 order of effects in POST /payments: admission by the concurrency limiter, body
 validation (400/415), the configured delay, the configured failure (500,
 nothing stored), then the insert (422 on a duplicate correlationId).
@@ -34,7 +34,7 @@ from bruto.testbed.emulator.limits import ConcurrencyLimiter
 from bruto.testbed.emulator.limits import FixedWindowLimiter
 from bruto.testbed.emulator.store import PaymentStore
 
-# The real service's limits (CONTRACT.md section 2).
+# The real service's limits (docs/CHALLENGE.md §2).
 MAX_CONCURRENCY = 800
 MAX_QUEUE = 500
 HEALTH_QUEUE = 2

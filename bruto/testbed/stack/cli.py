@@ -19,8 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-from bruto.config import Settings
 from bruto.config import env_name
+from bruto.config import settings_or_exit
 from bruto.testbed.stack.runner import Stack
 from bruto.testbed.stack.runner import StackError
 from bruto.testbed.stack.services import BALANCERS
@@ -56,7 +56,7 @@ def parse_ports(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings.from_env()
+    settings = settings_or_exit("bruto-stack")
     parser = argparse.ArgumentParser(prog="bruto-stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="logs, sockets, state (default %(default)s)")

@@ -83,7 +83,7 @@ def bruto_services(
             )
         )
     # NOTE: the balancer starts last, once the sockets answer: nginx would mark
-    # an instance dead for 10 s if it sent it traffic before (LESSONS.md), and
+    # an instance dead for 10 s if it sent it traffic before its socket exists, and
     # bruto's balancer would close the clients it could not hand over.
     if balancer == "nginx":
         conf = render_nginx_conf(NGINX_CONF, run_dir, port, socket_dir=run_dir)

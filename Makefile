@@ -1,6 +1,7 @@
 # The two commands of the README, and a few more.
 #   make up     install what is missing, then start the stack on :9999
 #   make test   install what is missing, then run the whole test suite
+#               (PYTEST_ARGS="..." passes arguments to pytest)
 # Both are idempotent: a second run installs nothing. Python packages go into
 # a virtual environment (.venv), never into the system's Python; Debian
 # packages (python3-venv, nginx, ...) are installed with apt-get when missing,
@@ -40,7 +41,7 @@ status:
 	$(BIN)/bruto-stack status
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/bruto-bench

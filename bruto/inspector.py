@@ -126,8 +126,9 @@ def watch_view(snap: dict, before: dict) -> str:
     return "\n".join(lines)
 
 
-def watch(regions: SharedRegions, interval: float, count: int | None, out=sys.stdout) -> None:
+def watch(regions: SharedRegions, interval: float, count: int | None, out=None) -> None:
     """Print :func:`watch_view` every ``interval`` seconds (``count`` times, or until interrupted)."""
+    out = out or sys.stdout
     before = regions.read()
     shown = 0
     while count is None or shown < count:

@@ -90,7 +90,7 @@ class Gateway:
             try:
                 self.http.get(self.url + "/payments-summary", timeout=1)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow to start on a busy machine
                 time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not answer: {self.log('gunicorn')}")
 

@@ -30,15 +30,6 @@ INVALID = {
 }
 
 
-@pytest.fixture
-def gateway(tmp_path, clean_processors):
-    gw = Gateway.start(tmp_path, clean_processors, workers=2)
-    try:
-        yield gw
-    finally:
-        gw.stop()
-
-
 class Answers:
     """Counts the answers a requests.Session gets, by (path, status): what the gateway must have counted."""
 

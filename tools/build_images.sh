@@ -11,12 +11,6 @@
 #                        allowed to install as root, as in the official image
 #      nginx:1.22        bookworm minbase + nginx 1.22 (Debian's package),
 #                        `nginx -g 'daemon off;'`, logs to stdout/stderr
-#      prom/prometheus:v2.42.0
-#                        bookworm minbase + prometheus 2.42 (Debian's package),
-#                        laid out as the official image: entrypoint
-#                        /bin/prometheus, config /etc/prometheus/prometheus.yml,
-#                        data in /prometheus, user nobody, port 9090 (the
-#                        compose file's `metrics` profile)
 #    Where Docker Hub is reachable, the official images of those names work
 #    the same and this step is not needed.
 # 2. `docker compose build` of both compose files (the bruto image for
@@ -35,6 +29,13 @@
 #                build cannot see)
 #    Both default to empty files: on a machine that reaches the index
 #    directly, the build uses pip's defaults.
+#
+# Also, for the compose file's `metrics` profile (Prometheus beside bruto):
+#      prom/prometheus:v2.42.0
+#                        bookworm minbase + prometheus 2.42 (Debian's package),
+#                        laid out as the official image: entrypoint
+#                        /bin/prometheus, config /etc/prometheus/prometheus.yml,
+#                        data in /prometheus, user nobody, port 9090
 #
 # Needs: root, a running Docker engine with BuildKit (20.10 or newer), the
 # compose v2 plugin (`docker compose`), debootstrap.
@@ -57,7 +58,6 @@ done
 
 PYTHON_TAG=python:3.11-slim
 NGINX_TAG=nginx:1.22
-PROMETHEUS_TAG=prom/prometheus:v2.42.0
 SUITE=bookworm
 
 log() { printf '[build_images] %s\n' "$*" >&2; }
@@ -113,6 +113,34 @@ import_root() {
     tar --numeric-owner -C "$root" -c . | docker import "${changes[@]}" - "$tag" >/dev/null
 }
 
+# The Prometheus stand-in (see the header), made here when its tag is missing.
+PROMETHEUS_TAG=prom/prometheus:v2.42.0
+build_prometheus_base() {
+    local root="$WORK/prometheus" version
+    bootstrap "$root" prometheus
+    version=$(chroot "$root" prometheus --version 2>&1 | head -n1)
+    case "$version" in
+        *"version 2.42."*) ;;
+        *) die "Debian's prometheus is '$version', not the 2.42 that $PROMETHEUS_TAG names" ;;
+    esac
+    # As the official image: data in /prometheus, owned by the user it runs as.
+    chroot "$root" install -d -o nobody -g nogroup /prometheus
+    finish_root "$root"
+    import_root "$root" "$PROMETHEUS_TAG" \
+        'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        'USER nobody' \
+        'WORKDIR /prometheus' \
+        'EXPOSE 9090' \
+        'ENTRYPOINT ["/bin/prometheus"]' \
+        'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]'
+}
+if [ "$REBUILD_BASES" = 0 ] && have_image "$PROMETHEUS_TAG"; then
+    log "$PROMETHEUS_TAG exists (--rebuild-bases to make it again)"
+else
+    build_prometheus_base
+fi
+docker run --rm "$PROMETHEUS_TAG" --version 2>&1 | head -n1 >&2
+
 build_python_base() {
     local root="$WORK/python"
     bootstrap "$root" python3,python3-venv,python3-pip,ca-certificates
@@ -142,28 +170,8 @@ build_nginx_base() {
         'CMD ["nginx", "-g", "daemon off;"]'
 }
 
-build_prometheus_base() {
-    local root="$WORK/prometheus" version
-    bootstrap "$root" prometheus
-    version=$(chroot "$root" prometheus --version 2>&1 | head -n1)
-    case "$version" in
-        *"version 2.42."*) ;;
-        *) die "Debian's prometheus is '$version', not the 2.42 that $PROMETHEUS_TAG names" ;;
-    esac
-    # As the official image: data in /prometheus, owned by the user it runs as.
-    chroot "$root" install -d -o nobody -g nogroup /prometheus
-    finish_root "$root"
-    import_root "$root" "$PROMETHEUS_TAG" \
-        'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        'USER nobody' \
-        'WORKDIR /prometheus' \
-        'EXPOSE 9090' \
-        'ENTRYPOINT ["/bin/prometheus"]' \
-        'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]'
-}
-
-for pair in "$PYTHON_TAG=build_python_base" "$NGINX_TAG=build_nginx_base" "$PROMETHEUS_TAG=build_prometheus_base"; do
-    tag=${pair%=*}; builder=${pair##*=}
+for pair in "$PYTHON_TAG:build_python_base" "$NGINX_TAG:build_nginx_base"; do
+    tag=${pair%:*}; builder=${pair##*:}
     if [ "$REBUILD_BASES" = 0 ] && have_image "$tag"; then
         log "$tag exists (--rebuild-bases to make it again)"
     else
@@ -172,7 +180,6 @@ for pair in "$PYTHON_TAG=build_python_base" "$NGINX_TAG=build_nginx_base" "$PROM
 done
 docker run --rm "$PYTHON_TAG" sh -c 'python --version && pip --version' >&2
 docker run --rm "$NGINX_TAG" nginx -v
-docker run --rm "$PROMETHEUS_TAG" --version 2>&1 | head -n1 >&2
 
 [ "$COMPOSE_BUILD" = 1 ] || exit 0
 
@@ -228,4 +235,4 @@ log "docker compose build"
 docker compose -f docker-compose.yml build
 docker compose -f docker-compose.processors.yml build
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \
-    | grep -E "^(bruto|bruto-emulator|python|nginx|prom/prometheus):" >&2
+    | grep -E "^(bruto|bruto-emulator|python|nginx):" >&2

@@ -68,9 +68,13 @@ class Gateway:
         env["BRUTO_BIND"] = f"127.0.0.1:{port}"
         gateway = cls(env, port, str(tmp_path))
         gateway.gunicorn = gateway._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"])
-        gateway._wait_http()
-        if dispatcher:
-            gateway.start_dispatcher()
+        try:
+            gateway._wait_http()
+            if dispatcher:
+                gateway.start_dispatcher()
+        except BaseException:
+            gateway.stop()  # the test never gets the gateway to stop it
+            raise
         return gateway
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:

@@ -12,8 +12,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 # Debian packages the tests and the benchmark run: nginx (the benchmark's floor
-# and the nginx topology of the stack).
-TEST_PACKAGES := nginx
+# and the nginx topology of the stack), prometheus (scrapes a stack's
+# GET /metrics in the tests and on `bruto-stack up --prometheus`; brings promtool).
+TEST_PACKAGES := nginx prometheus
 
 .PHONY: install up down status test bench
 

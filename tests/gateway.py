@@ -85,9 +85,13 @@ class Gateway:
         env["BRUTO_BIND"] = f"127.0.0.1:{port}"
         gateway = cls(env, port, str(tmp_path))
         gateway.gunicorn = gateway._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"])
-        gateway._wait_http()
-        if dispatcher:
-            gateway.start_dispatcher()
+        try:
+            gateway._wait_http()
+            if dispatcher:
+                gateway.start_dispatcher()
+        except BaseException:
+            gateway.stop()  # the test never gets the gateway to stop it
+            raise
         return gateway
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
@@ -107,7 +111,7 @@ class Gateway:
             try:
                 self.http.get(self.url + "/payments-summary", timeout=1)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow to start on a busy machine
                 time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not answer: {self.log('gunicorn')}")
 

@@ -28,6 +28,13 @@
 #    Both default to empty files: on a machine that reaches the index
 #    directly, the build uses pip's defaults.
 #
+# Also, for the compose file's `metrics` profile (Prometheus beside bruto):
+#      prom/prometheus:v2.42.0
+#                        bookworm minbase + prometheus 2.42 (Debian's package),
+#                        laid out as the official image: entrypoint
+#                        /bin/prometheus, config /etc/prometheus/prometheus.yml,
+#                        data in /prometheus, user nobody, port 9090
+#
 # Needs: root, a running Docker engine with BuildKit (20.10 or newer), the
 # compose v2 plugin (`docker compose`), debootstrap.
 # Environment: BRUTO_DEBIAN_MIRROR (default: the first Debian URI of this
@@ -102,6 +109,34 @@ import_root() {
     log "docker import -> $tag"
     tar --numeric-owner -C "$root" -c . | docker import "${changes[@]}" - "$tag" >/dev/null
 }
+
+# The Prometheus stand-in (see the header), made here when its tag is missing.
+PROMETHEUS_TAG=prom/prometheus:v2.42.0
+build_prometheus_base() {
+    local root="$WORK/prometheus" version
+    bootstrap "$root" prometheus
+    version=$(chroot "$root" prometheus --version 2>&1 | head -n1)
+    case "$version" in
+        *"version 2.42."*) ;;
+        *) die "Debian's prometheus is '$version', not the 2.42 that $PROMETHEUS_TAG names" ;;
+    esac
+    # As the official image: data in /prometheus, owned by the user it runs as.
+    chroot "$root" install -d -o nobody -g nogroup /prometheus
+    finish_root "$root"
+    import_root "$root" "$PROMETHEUS_TAG" \
+        'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        'USER nobody' \
+        'WORKDIR /prometheus' \
+        'EXPOSE 9090' \
+        'ENTRYPOINT ["/bin/prometheus"]' \
+        'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]'
+}
+if [ "$REBUILD_BASES" = 0 ] && have_image "$PROMETHEUS_TAG"; then
+    log "$PROMETHEUS_TAG exists (--rebuild-bases to make it again)"
+else
+    build_prometheus_base
+fi
+docker run --rm "$PROMETHEUS_TAG" --version 2>&1 | head -n1 >&2
 
 build_python_base() {
     local root="$WORK/python"

@@ -8,4 +8,5 @@ else is imported. Importing this package patches nothing.
 - ``routing``, ``breaker``: where a payment goes (pure functions).
 - ``health``: the service-health poller.
 - ``processor``: the HTTP client of one processor.
+- ``metrics``: the dispatcher's counters in shared memory (``metrics.bin``).
 """

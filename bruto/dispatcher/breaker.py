@@ -8,7 +8,9 @@
 The row lives in shared memory (bruto.shm.layout.HEALTH), so a restarted
 dispatcher finds the breakers as they were and the inspector can show them.
 ``down_since`` is kept from the first opening until the breaker closes again:
-it is the clock the routing policy's patience is measured on.
+it is the clock the routing policy's patience is measured on. Every change of
+state is counted in the row's ``transitions`` (indexed by the state entered),
+for the metrics endpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ PROBE_INTERVAL_US = 200_000
 
 
 def record_success(row) -> None:
+    if int(row["breaker"]) != CLOSED:
+        _count_transition(row, CLOSED)
     row["breaker"] = CLOSED
     row["consecutive_failures"] = 0
     row["down_since"] = 0
@@ -56,6 +60,7 @@ def may_probe(row, now: int) -> bool:
 
 
 def start_probe(row, now: int) -> None:
+    _count_transition(row, HALF_OPEN)
     row["breaker"] = HALF_OPEN
     row["probe_at"] = now
 
@@ -69,5 +74,11 @@ def down_for(row, now: int) -> int:
 def _open(row, now: int) -> None:
     if not int(row["down_since"]):
         row["down_since"] = now
+    if int(row["breaker"]) != OPEN:
+        _count_transition(row, OPEN)
     row["breaker"] = OPEN
     row["probe_at"] = now
+
+
+def _count_transition(row, state: int) -> None:
+    row["transitions"][state] += 1

@@ -28,9 +28,10 @@ POLL_INTERVAL_US = 5_100_000
 
 
 class HealthPoller:
-    def __init__(self, clients, health_rows):
+    def __init__(self, clients, health_rows, metrics=None):
         self._clients = clients
         self._rows = health_rows
+        self._metrics = metrics  # a bruto.dispatcher.metrics.DispatcherMetrics, or None
 
     def run(self) -> None:
         while True:
@@ -49,6 +50,8 @@ class HealthPoller:
         row["next_poll_at"] = started + POLL_INTERVAL_US
         report = self._clients[processor].health()
         now = now_us()
+        if self._metrics is not None:
+            self._metrics.health_polled(processor, report)
         if isinstance(report, Health):
             row["failing"] = int(report.failing)
             row["min_response_ms"] = report.min_response_ms

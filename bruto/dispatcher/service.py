@@ -44,6 +44,7 @@ from bruto.config import settings_or_exit
 from bruto.dispatcher import breaker
 from bruto.dispatcher import routing
 from bruto.dispatcher.health import HealthPoller
+from bruto.dispatcher.metrics import DispatcherMetrics
 from bruto.dispatcher.processor import Outcome
 from bruto.dispatcher.processor import ProcessorClient
 from bruto.dispatcher.processor import Stored
@@ -59,6 +60,7 @@ from bruto.shm.layout import open_dispatch
 from bruto.shm.layout import open_health
 from bruto.shm.layout import open_intake
 from bruto.shm.layout import open_ledger
+from bruto.shm.layout import open_metrics
 from bruto.shm.layout import open_outbox
 from bruto.shm.ledger import LedgerWriter
 from bruto.timefmt import now_us
@@ -98,7 +100,8 @@ class Dispatcher:
         session = make_session(settings.senders + 8)
         self.clients = (ProcessorClient(settings.default_url, session),
                         ProcessorClient(settings.fallback_url, session))
-        self.poller = HealthPoller(self.clients, self.health)
+        self.metrics = DispatcherMetrics(open_metrics(settings))
+        self.poller = HealthPoller(self.clients, self.health, self.metrics)
         self.in_flight = [0, 0]
         self.latencies = (collections.deque(maxlen=LATENCY_SAMPLES), collections.deque(maxlen=LATENCY_SAMPLES))
         self.ready: collections.deque[int] = collections.deque()
@@ -166,6 +169,7 @@ class Dispatcher:
                 correlation_id = record["correlation_id"].tobytes()
                 if correlation_id in self.seen:
                     self.stats["duplicates_dropped"] += 1
+                    self.metrics.duplicate_dropped()
                 else:
                     self.seen.add(correlation_id)
                     index = self.free.pop()
@@ -208,6 +212,7 @@ class Dispatcher:
         requested_at = int(entry["requested_at"])
         row = self.health[processor]
         self.stats["attempts"] += 1
+        self.metrics.attempt(processor, int(entry["attempts"]))
         entry["attempts"] += 1
         started = now_us()
         try:
@@ -216,6 +221,7 @@ class Dispatcher:
         finally:
             self.in_flight[processor] -= 1
         now = now_us()
+        self.metrics.answered(processor, outcome, now - started)
         if outcome is Outcome.STORED:
             self.latencies[processor].append((now - started) // 1000)
             breaker.record_success(row)
@@ -251,6 +257,7 @@ class Dispatcher:
         processor = int(entry["processor"])
         self.stats["lookups"] += 1
         found = self.clients[processor].lookup(entry["correlation_id"].tobytes())
+        self.metrics.looked_up(processor, found)
         if generation != self.generation[index]:
             return
         if isinstance(found, Stored):
@@ -274,6 +281,7 @@ class Dispatcher:
             # bounded by the ledger's capacity.
             self.seen.discard(evicted)
         self.stats["stored"] += 1
+        self.metrics.confirmed(processor, amount_cents, now_us() - int(self.entries[index]["accepted_at"]))
         self._release(index)
 
     def _release(self, index: int) -> None:
@@ -307,6 +315,7 @@ class Dispatcher:
         self.seen = {self.entries[i]["correlation_id"].tobytes()
                      for i in range(self.outbox.capacity) if int(self.entries[i]["state"]) != FREE}
         self.stats["purges"] += 1
+        self.metrics.purged()
         for slot, ticket in tickets.items():
             self.cursors[slot]["purges_done"] = ticket
         log.info("purged (asked through intake slots %s)", asked)

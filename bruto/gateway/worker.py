@@ -51,6 +51,8 @@ import gevent.socket
 import httptools
 from gunicorn.workers.ggevent import GeventWorker
 
+from bruto.gateway.counters import note_protocol_error
+
 # Largest request body read into memory: the one bruto's validation takes, so
 # a larger body gets the same 413 whether the worker or the app refuses it,
 # and is never read.
@@ -78,6 +80,7 @@ _REJECTIONS = {
 
 
 def _rejection(status: int, message: str) -> bytes:
+    note_protocol_error(status)
     body = b'{"error":"%s"}' % message.encode()
     return (
         b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"

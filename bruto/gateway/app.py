@@ -14,6 +14,7 @@ import falcon
 import orjson
 
 from bruto.config import Settings
+from bruto.gateway.admin import GuardedPurge
 from bruto.gateway.counters import GatewayCounters
 from bruto.gateway.metrics import Metrics
 from bruto.gateway.validation import InvalidPayment
@@ -134,6 +135,6 @@ def create_app(settings: Settings | None = None) -> falcon.App:
     app.set_error_serializer(functools.partial(_serialize_http_error, counters))
     app.add_route("/payments", Payments(intake, counters))
     app.add_route("/payments-summary", Summary(settings, counters))
-    app.add_route("/purge-payments", Purge(intake, counters))
+    app.add_route("/purge-payments", GuardedPurge(Purge(intake, counters), settings, counters))
     app.add_route("/metrics", Metrics(settings.shm_dir, counters))
     return app

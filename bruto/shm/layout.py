@@ -40,7 +40,7 @@ PROCESSOR_NAMES = ("default", "fallback")
 ROUTES = ("payments", "payments_summary", "purge_payments", "metrics", "other")
 ROUTE_OF_PATH = {"/payments": 0, "/payments-summary": 1, "/purge-payments": 2, "/metrics": 3}
 OTHER_ROUTE = 4
-STATUSES = (200, 202, 400, 404, 405, 413, 422, 500, 503)
+STATUSES = (200, 202, 400, 401, 403, 404, 405, 413, 422, 500, 503)
 OTHER_STATUS = len(STATUSES)  # the array has one more column, for any status not listed
 # Why POST /payments refused a payment (reason, the status answered): the
 # rows of bruto.gateway.validation's table, and a full intake.
@@ -63,7 +63,7 @@ PROTOCOL_ERRORS = (400, 413, 414, 431, 500)
 
 INTAKE = Layout(
     kind=b"intake",
-    version=2,
+    version=3,
     counters=np.dtype([
         ("written", "<i8"),         # records published; the next one goes at written % capacity
         ("purge_requests", "<i8"),  # POST /purge-payments calls made through this slab

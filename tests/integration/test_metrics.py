@@ -171,3 +171,31 @@ def test_metrics_name_no_payment_and_no_url(gateway, clean_processors):
     for secret in (str(correlation_id), correlation_id.hex, "secret-looking", clean_processors.default.url,
                    gateway.env["BRUTO_SHM_DIR"]):
         assert secret not in text
+
+
+def test_a_purge_token_is_checked_and_shown_nowhere(tmp_path, clean_processors):
+    """BRUTO_PURGE_TOKEN: a purge without it is refused and changes nothing; the token is in no answer,
+    no metric and no log."""
+    token = "purge-token-" + uuid.uuid4().hex
+    gw = Gateway.start(tmp_path, clean_processors, workers=2, purge_token=token)
+    try:
+        for _ in range(3):
+            assert gw.pay().status_code == 202
+        gw.wait_settled(clean_processors, expected=3)
+        for headers in ({}, {"X-Bruto-Token": "guess"}, {"X-Bruto-Token": token[:-1]}):
+            refused = gw.http.post(gw.url + "/purge-payments", headers=headers, timeout=10)
+            assert refused.status_code == 401 and token not in refused.text
+        assert gw.summary()["default"]["totalRequests"] == 3
+        assert gw.http.post(gw.url + "/purge-payments", headers={"X-Bruto-Token": token}, timeout=10).status_code == 200
+        assert gw.summary()["default"]["totalRequests"] == 0
+        samples = scrape(gw)
+        assert total(samples, "bruto_http_requests_total", route="purge_payments", status="401") == 3
+        assert total(samples, "bruto_http_requests_total", route="purge_payments", status="200") == 1
+        text = gw.http.get(gw.url + "/metrics", timeout=5).text
+        assert token not in text
+        shown = subprocess.run([sys.executable, "-m", "bruto.inspector", "--json"], env=gw.env,
+                               capture_output=True, text=True, timeout=30)
+        assert token not in shown.stdout + shown.stderr
+    finally:
+        gw.stop()
+    assert token not in gw.log("gunicorn") + gw.log("dispatcher-0")

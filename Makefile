@@ -35,8 +35,10 @@ install: $(VENV)/.installed
 up: install
 	$(BIN)/bruto-stack up
 
+# Keeps a shared directory that still holds accepted, unsent payments (and exits 1);
+# make down FORCE=1 drops them.
 down:
-	$(BIN)/bruto-stack down
+	$(BIN)/bruto-stack down $(if $(FORCE),--force)
 
 status:
 	$(BIN)/bruto-stack status

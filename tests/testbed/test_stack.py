@@ -48,31 +48,6 @@ def post_payment(base_url):
         return response.status
 
 
-@pytest.fixture
-def stack_args(tmp_path):
-    port, default_port, fallback_port = free_port(), free_port(), free_port()
-    shm_dir = f"/dev/shm/bruto-test-{uuid.uuid4().hex[:8]}"
-    args = [
-        "--run-dir", str(tmp_path / "run"),
-        "--shm-dir", shm_dir,
-        "--port", str(port),
-        "--emulator-ports", f"{default_port},{fallback_port}",
-    ]
-    info = {
-        "args": args,
-        "run_dir": tmp_path / "run",
-        "shm_dir": shm_dir,
-        "base_url": f"http://127.0.0.1:{port}",
-        "processors": {
-            "default": f"http://127.0.0.1:{default_port}",
-            "fallback": f"http://127.0.0.1:{fallback_port}",
-        },
-    }
-    yield info
-    # Whatever the test did, nothing it started outlives it.
-    cli.main(["down"] + args)
-
-
 def live_children_cmdlines():
     """Command lines of this test process's children that are still running."""
     found = []
@@ -127,8 +102,9 @@ def test_up_payments_down(stack_args, balancer):
     assert cli.main(["up", "--balancer", balancer] + stack_args["args"]) == 0
     state = recorded(stack_args["run_dir"])
     names = [p["name"] for p in state["processes"]]
-    assert names == ["emulator-default", "emulator-fallback", "dispatcher", "api1", "api2", "balancer"]
-    assert state["processes"][-1]["argv"][:3 if balancer == "bruto" else 1] == (
+    assert names == ["emulator-default", "emulator-fallback", "dispatcher", "dispatcher-standby", "api1", "api2",
+                     "balancer", "supervisor"]
+    assert state["processes"][-2]["argv"][:3 if balancer == "bruto" else 1] == (
         [sys.executable, "-m", "bruto.balancer"] if balancer == "bruto" else ["nginx"])
     assert state["cgroups"] == {}
     rows = {row["name"]: row for row in runner.Stack(stack_args["run_dir"]).status()}
@@ -155,12 +131,13 @@ def test_up_with_limits(stack_args):
     assert sum(quota(n) for n in services.SERVICE_LIMITS) == 150_000
     assert sum(limit(n) for n in services.SERVICE_LIMITS) == 350 * 2**20
     for record in state["processes"]:
-        if record["name"].startswith("emulator"):
+        if record["name"].startswith("emulator") or record["name"] == "supervisor":
             assert not record["limited"]
             continue
-        # Every process of the service, forked children included, is confined.
+        # Every process of the service, forked children included, is confined
+        # (the standby dispatcher in the dispatcher's group).
         members = set(runner.group_members(record["pid"]))
-        assert members and members <= set(cgroups.pids(groups[record["name"]])), record["name"]
+        assert members and members <= set(cgroups.pids(groups[record["cgroup"]])), record["name"]
     check_payments_flow(stack_args)
     check_down(stack_args, state)
     for paths in groups.values():
@@ -288,7 +265,7 @@ def test_prometheus_scrapes_the_stack_and_bruto_shm_reads_it(stack_args):
     """A real Prometheus beside the stack gets the payments sent; so does bruto-shm, with no flag."""
     assert cli.main(["up", "--prometheus", "--prometheus-interval", "1"] + stack_args["args"]) == 0
     state = recorded(stack_args["run_dir"])
-    assert [p["name"] for p in state["processes"]][-1] == "prometheus"
+    assert [p["name"] for p in state["processes"]][-2:] == ["prometheus", "supervisor"]
     prometheus = next(p for p in state["processes"] if p["name"] == "prometheus")
     assert not prometheus["limited"]
     base_url = prometheus["ready"][1].removesuffix("/-/ready")

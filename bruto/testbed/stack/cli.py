@@ -1,9 +1,16 @@
 """``bruto-stack up|down|status``: the local bruto stack, as plain processes.
 
 ``up`` starts the compose file's topology (bruto.testbed.stack.services),
-each service answering before the next starts; ``down`` stops exactly what
-``up`` started; ``status`` shows it and exits non-zero when something is not
-running. ``--limits`` confines bruto's processes as the compose file does.
+each service answering before the next starts, under a supervisor that stays
+behind and restarts any process that dies, with backoff, plus a standby
+dispatcher that takes over through the dispatcher lock the moment the active
+one dies (bruto.testbed.stack.supervisor; ``--no-supervise`` for neither).
+``down`` stops exactly what ``up`` started, and removes the shared directory
+it created unless that still holds accepted payments not sent yet (then it
+keeps it, says so and exits 1; ``--force`` removes it anyway); ``status``
+shows it, which dispatcher is active, and exits 1 when a process is not
+running or not answering, or no dispatcher holds the lock. ``--limits``
+confines bruto's processes as the compose file does.
 
 The processors: ``--default-url`` and ``--fallback-url`` (or
 ``BRUTO_DEFAULT_URL`` and ``BRUTO_FALLBACK_URL``), both or neither; with
@@ -19,11 +26,16 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bruto.config import env_name
 from bruto.config import settings_or_exit
+from bruto.shm import snapshot
+from bruto.shm.region import RegionError
+from bruto.testbed.stack import supervisor
 from bruto.testbed.stack.runner import Stack
 from bruto.testbed.stack.runner import StackError
 from bruto.testbed.stack.services import BALANCERS
@@ -50,11 +62,68 @@ def build_stack(args: argparse.Namespace) -> Stack:
                          f"(--default-url and --fallback-url, or {env_name('default_url')} and "
                          f"{env_name('fallback_url')}), or neither to start local emulators")
     services += bruto_services(run_dir, args.shm_dir, default_url, fallback_url, args.port, args.workers,
-                               args.balancer)
+                               args.balancer, standby=not args.no_standby and not args.no_supervise)
     if args.prometheus:
         args.prometheus_port = args.prometheus_port or free_port()
         services.append(prometheus_service(run_dir, args.port, args.prometheus_port, args.prometheus_interval))
-    return Stack(run_dir, services, limits=SERVICE_LIMITS if args.limits else None, scratch_dirs=[args.shm_dir])
+    return Stack(run_dir, services, limits=SERVICE_LIMITS if args.limits else None, scratch_dirs=[args.shm_dir],
+                 notes={"shm_dir": args.shm_dir})
+
+
+def up_supervised(stack: Stack) -> dict:
+    """Start the supervisor (bruto.testbed.stack.supervisor), which starts the stack; its state once up.
+
+    Raises:
+        StackError: a stack runs already, or the supervisor could not start
+            every service (the message has its log's tail).
+    """
+    if stack.state_file.exists() and any(stack.alive(p) for p in stack.load_state()["processes"]):
+        raise StackError(f"a stack is already running from {stack.run_dir}; run down first")
+    supervisor.write_plan(stack)
+    log_path = stack.run_dir / f"{supervisor.NAME}.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "bruto.testbed.stack.supervisor", str(stack.run_dir)],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    while True:
+        if process.poll() is not None:
+            with open(log_path, "rb") as log:
+                log.seek(offset)
+                told = log.read().decode(errors="replace").strip()
+            raise StackError(f"the supervisor could not start the stack:\n{told}")
+        if stack.state_file.exists():
+            try:
+                state = stack.load_state()
+            except ValueError:  # a write in progress elsewhere; os.replace makes that rare
+                state = {}
+            if state.get("supervised"):
+                return state
+        time.sleep(0.05)
+
+
+def unsent_payments(shm_dir: str) -> int:
+    """Payments accepted (answered 2XX) and not confirmed yet: intake backlog plus the outbox; 0 if no regions."""
+    try:
+        snap = snapshot.read(shm_dir)
+    except RegionError:
+        return 0
+    return snap["gateway"]["backlog"] + snap["outbox"]["in_use"]
+
+
+def annotate_dispatchers(rows: list[dict], shm_dir: str | None) -> str | None:
+    """Mark which dispatcher holds the lock (``answers``: active or standby); why none does, if so."""
+    dispatchers = [row for row in rows if row["name"].startswith("dispatcher")]
+    if not dispatchers or shm_dir is None:
+        return None
+    try:
+        held = snapshot.read(shm_dir)["dispatcher"]
+    except RegionError as error:
+        return f"cannot read the shared directory: {error}"
+    for row in dispatchers:
+        if row["alive"]:
+            row["answers"] = "active" if held["alive"] and row["pid"] == held["pid"] else "standby"
+    return None if held["alive"] else "no dispatcher holds the dispatcher lock"
 
 
 def free_port() -> int:
@@ -94,11 +163,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="Prometheus' port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--prometheus-interval", type=float, default=5.0, metavar="SECONDS",
                         help="its scrape interval (default %(default)s)")
+    parser.add_argument("--no-supervise", action="store_true",
+                        help="up: start the services from this command, with no supervisor to restart them "
+                             "(and no standby dispatcher)")
+    parser.add_argument("--no-standby", action="store_true", help="up: no standby dispatcher")
+    parser.add_argument("--force", action="store_true",
+                        help="down: remove the shared directory even if it holds accepted payments not yet sent")
     args = parser.parse_args(argv)
     try:
         stack = build_stack(args)
         if args.command == "up":
-            state = stack.up()
+            state = stack.up() if args.no_supervise else up_supervised(stack)
             for record in state["processes"]:
                 confined = " (confined)" if record["limited"] else ""
                 print(f"{record['name']:18} pid {record['pid']}{confined}")
@@ -108,24 +183,51 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"prometheus on http://127.0.0.1:{args.prometheus_port} (scraping /metrics every "
                       f"{args.prometheus_interval:g} s)")
         elif args.command == "down":
-            if not stack.state_file.exists():
-                print(f"nothing recorded in {stack.run_dir}")
-                return 0
-            for problem in stack.down():
-                print(problem, file=sys.stderr)
-            print("stack down")
+            return down(stack, args.force)
         else:
-            rows = stack.status()
-            for row in rows:
-                print("  ".join(f"{k}={v}" for k, v in row.items()))
-            down = [row["name"] for row in rows if row.get("alive") is False]
-            if down:
-                print(f"bruto-stack status: not running: {', '.join(down)}", file=sys.stderr)
-                return 1
+            return status(stack)
     except StackError as error:
         print(f"bruto-stack {args.command}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def down(stack: Stack, force: bool) -> int:
+    """Stop the stack; keep a shared directory that holds unsent payments unless ``force`` (then exit 1)."""
+    if not stack.state_file.exists():
+        print(f"nothing recorded in {stack.run_dir}")
+        return 0
+    kept = []
+
+    def may_remove(path: str) -> bool:
+        waiting = unsent_payments(path)
+        if waiting and not force:
+            kept.append((path, waiting))
+        return not waiting or force
+
+    for problem in stack.down(may_remove):
+        print(problem, file=sys.stderr)
+    print("stack down")
+    for path, waiting in kept:
+        print(f"bruto-stack down: kept {path}: it holds {waiting} accepted payments not sent to a processor yet; "
+              "`bruto-stack up` sends them, `bruto-stack down --force` drops them", file=sys.stderr)
+    return 1 if kept else 0
+
+
+def status(stack: Stack) -> int:
+    """Print one row per process; 1 if something is not running, not answering, or no dispatcher is active."""
+    rows = stack.status()
+    problem = annotate_dispatchers(rows, stack.load_state().get("notes", {}).get("shm_dir"))
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    down = [row["name"] for row in rows if row.get("alive") is False]
+    mute = [row["name"] for row in rows if row.get("alive") and row["answers"] not in ("ok", "-", "active", "standby")]
+    for names, what in ((down, "not running"), (mute, "not answering")):
+        if names:
+            print(f"bruto-stack status: {what}: {', '.join(names)}", file=sys.stderr)
+    if problem:
+        print(f"bruto-stack status: {problem}", file=sys.stderr)
+    return 1 if down or mute or problem else 0
 
 
 if __name__ == "__main__":

@@ -23,11 +23,17 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from bruto.testbed.stack import cgroups
 
 READY_TIMEOUT_S = 30.0
+# The name of the supervisor's record in state.json (bruto.testbed.stack.supervisor).
+SUPERVISOR = "supervisor"
+# Left in the scratch directories a stack creates, so that a later stack
+# started on a directory an earlier one kept knows it may remove it.
+SCRATCH_MARK = ".bruto-stack-scratch"
 STOP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 25
 
@@ -48,6 +54,8 @@ class Service:
             ``("unix", socket_path, url_path)`` or ``("alive", seconds)``.
         limited: Whether ``--limits`` confines it.
         extra_logs: Logs it writes besides its output (shown when it fails).
+        cgroup: The limits' entry it is confined by (default: its name);
+            a standby shares the group, and so the limits, of what it stands by for.
     """
 
     name: str
@@ -56,19 +64,35 @@ class Service:
     ready: tuple
     limited: bool = True
     extra_logs: list[str] = dataclasses.field(default_factory=list)
+    cgroup: str = ""
+
+    @property
+    def group(self) -> str:
+        return self.cgroup or self.name
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, fields: dict) -> "Service":
+        return cls(**dict(fields, ready=tuple(fields["ready"])))
 
 
 # --------------------------------------------------------------- processes
 
 
 def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, which tells it from a PID reuse."""
+    """The process's start time in clock ticks since boot, which tells it from a PID reuse; None once it died.
+
+    A zombie (dead, not yet reaped by its parent) counts as dead.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may hold spaces; the fields after ')' do not.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 def group_members(pgid: int) -> list[int]:
@@ -156,6 +180,7 @@ class Stack:
             runs them unconfined.
         scratch_dirs: Directories the services fill (the shared memory); those
             that ``up`` finds missing, ``down`` removes.
+        notes: Kept in state.json as they are (the stack's shared directory).
     """
 
     def __init__(
@@ -164,11 +189,13 @@ class Stack:
         services: list[Service] | None = None,
         limits: dict[str, tuple[float, int]] | None = None,
         scratch_dirs: list[str] | None = None,
+        notes: dict | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.services = services or []
         self.limits = limits
         self.scratch_dirs = scratch_dirs or []
+        self.notes = notes or {}
         # NOTE: the Popen objects are kept so that only they reap their
         # process: a dropped Popen is reaped by subprocess behind our back,
         # and its exit status is lost.
@@ -200,15 +227,21 @@ class Stack:
         if self.state_file.exists():
             if any(self.alive(p) for p in self.load_state()["processes"]):
                 raise StackError(f"a stack is already running from {self.run_dir}; run down first")
-            # A stack that died without down: clear its cgroups and directories.
-            self.down()
+            # A stack that died without down: clear its cgroups, keep its
+            # directories (what they hold was accepted; this stack resumes it).
+            self.down(may_remove=lambda path: False)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "run_dir": str(self.run_dir),
             "processes": [],
             "cgroups": {},
-            "scratch_dirs": [d for d in self.scratch_dirs if not os.path.exists(d)],
+            "notes": self.notes,
+            "scratch_dirs": [d for d in self.scratch_dirs
+                             if not os.path.exists(d) or os.path.exists(os.path.join(d, SCRATCH_MARK))],
         }
+        for path in state["scratch_dirs"]:
+            os.makedirs(path, exist_ok=True)
+            Path(path, SCRATCH_MARK).touch()
         if self.limits:
             reason = cgroups.unavailable_reason()
             if reason:
@@ -233,7 +266,7 @@ class Stack:
     def _start(self, service: Service, groups: dict) -> dict:
         log = self.run_dir / f"{service.name}.log"
         argv = service.argv
-        paths = groups.get(service.name) if service.limited else None
+        paths = groups.get(service.group) if service.limited else None
         if paths:
             # Join the groups from inside the child before exec, so that every
             # process it forks (gunicorn workers, nginx's worker) starts in them.
@@ -264,6 +297,8 @@ class Stack:
             "log": str(log),
             "ready": list(service.ready),
             "limited": bool(paths),
+            "cgroup": service.group,
+            "started_at": time.time(),
         }
 
     def _wait_ready(self, service: Service, record: dict) -> None:
@@ -309,8 +344,14 @@ class Stack:
         started = record["start_time"]
         return started is not None and start_time(record["pid"]) == started
 
-    def down(self) -> list[str]:
+    def down(self, may_remove: Callable[[str], bool] = lambda path: True) -> list[str]:
         """Stop what state.json records, in reverse start order, and remove the cgroups.
+
+        A supervisor (bruto.testbed.stack.supervisor) is stopped first.
+
+        Args:
+            may_remove: Asked, once everything is stopped, about each scratch
+                directory: whether to remove it (False keeps it).
 
         Returns:
             Problems met (processes that needed SIGKILL, cgroups left behind).
@@ -320,16 +361,31 @@ class Stack:
         except StackError:
             return []
         problems = []
+        supervisor = [record for record in state["processes"] if record["name"] == SUPERVISOR]
+        if supervisor:
+            # First, so that it restarts nothing we stop; then what it last recorded.
+            problems += self._stop(supervisor[0])
+            state = self.load_state()
         for record in reversed(state["processes"]):
-            problems += self._stop(record, state["cgroups"].get(record["name"]) if record.get("limited") else None)
+            if record["name"] != SUPERVISOR:
+                problems += self._stop(record)
+        for name, paths in state["cgroups"].items():
+            # Anything that left its process group is still in its service's cgroup.
+            for stray in cgroups.pids(paths) if name else []:
+                problems.append(f"{name}: PID {stray} outside its process group; killed")
+                try:
+                    os.kill(stray, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         if state["cgroups"]:
             problems += [f"cgroup left behind: {p}" for p in cgroups.remove(state["cgroups"])]
         for path in state.get("scratch_dirs", []):
-            shutil.rmtree(path, ignore_errors=True)
+            if may_remove(path):
+                shutil.rmtree(path, ignore_errors=True)
         self.state_file.unlink()
         return problems
 
-    def _stop(self, record: dict, cgroup: dict | None) -> list[str]:
+    def _stop(self, record: dict) -> list[str]:
         pid = record["pid"]
         leader_ours = self.alive(record)
         # The group outlives its leader only with processes we started in it
@@ -346,14 +402,6 @@ class Stack:
         if group_members(pid):
             problems.append(f"{record['name']}: still running {STOP_TIMEOUT_S:.0f} s after SIGTERM; killed")
             signal_group(pid, signal.SIGKILL)
-        if cgroup:
-            # Anything that left the process group is still in our cgroup.
-            for stray in cgroups.pids(cgroup):
-                problems.append(f"{record['name']}: PID {stray} outside its group; killed")
-                try:
-                    os.kill(stray, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         return problems
 
     def status(self) -> list[dict]:
@@ -375,7 +423,7 @@ class Stack:
                 "processes": len(group_members(record["pid"])) if alive else 0,
                 "rss_mb": round(sum(rss_bytes(p) for p in group_members(record["pid"])) / 2**20, 1),
             }
-            cgroup = state["cgroups"].get(record["name"]) if record.get("limited") else None
+            cgroup = state["cgroups"].get(record.get("cgroup", record["name"])) if record.get("limited") else None
             if cgroup:
                 row.update({k: round(v, 2) for k, v in cgroups.usage(cgroup).items()})
             rows.append(row)

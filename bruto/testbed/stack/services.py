@@ -65,8 +65,15 @@ def bruto_services(
     port: int = 9999,
     workers: int = 1,
     balancer: str = "bruto",
+    standby: bool = False,
 ) -> list[Service]:
-    """Dispatcher, two API instances on unix sockets, then the balancer, in start order."""
+    """Dispatcher, two API instances on unix sockets, then the balancer, in start order.
+
+    With ``standby``, a second dispatcher right after the first: it waits on
+    the shared directory's dispatcher lock and takes over the moment the
+    active one dies (bruto.dispatcher.service), confined with it (one cgroup,
+    the dispatcher's limits).
+    """
     env = {
         "BRUTO_SHM_DIR": shm_dir,
         "BRUTO_DEFAULT_URL": default_url,
@@ -76,6 +83,9 @@ def bruto_services(
     services = [
         Service("dispatcher", [sys.executable, "-m", "bruto.dispatcher"], dict(env), ready=("alive", 1.0)),
     ]
+    if standby:
+        services.append(Service("dispatcher-standby", [sys.executable, "-m", "bruto.dispatcher"], dict(env),
+                                ready=("alive", 0.5), cgroup="dispatcher"))
     for name in ("api1", "api2"):
         sock = run_dir / f"{name}.sock"
         services.append(

@@ -1,12 +1,14 @@
 """Benchmark: POST /payments straight into gunicorn (no load balancer) at a fixed rate.
 
-    python tools/bench_post.py [--rate 500] [--seconds 20] [--workers 1] [--worker-class gevent]
+    python tools/bench_post.py [--rate 500] [--seconds 20] [--workers 1] [--worker-class gevent] [--slow-clients N]
 
 Starts two emulators, one gunicorn instance on a TCP port and the dispatcher
 (all on a fresh shared directory), then k6 sends POST /payments at a constant
 arrival rate with a fresh UUID each. Prints p50/p90/p99/max of the request
 duration in milliseconds and the count of non-2XX answers, then checks that
-every accepted payment reached the default processor.
+every accepted payment reached the default processor. ``--slow-clients N``
+holds N slow connections (bruto.testbed.slowloris: 60 % slow heads, 30 % slow
+bodies, 10 % never reading) on the same port while k6 runs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from gateway import free_port  # noqa: E402
 
 from bruto.testbed.emulator.control import Processors  # noqa: E402
+from bruto.testbed.slowloris import SlowClients  # noqa: E402
 
 # k6 cannot fetch remote modules here: the UUID is made in the script itself.
 K6_SCRIPT = r"""
@@ -71,6 +74,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--worker-class", default="gevent")
+    parser.add_argument("--slow-clients", type=int, default=0, help="slow connections held during the run")
     args = parser.parse_args()
 
     processors = Processors.start()
@@ -98,13 +102,15 @@ def main() -> None:
         script = work / "post.js"
         script.write_text(K6_SCRIPT)
         out = work / "summary.json"
-        subprocess.run(["k6", "run", "--quiet", "--no-usage-report", "--address", "127.0.0.1:0", "-e", f"RATE={args.rate}",
-                        "-e", f"SECONDS={args.seconds}", "-e", f"TARGET={target}", "-e", f"OUT={out}",
-                        str(script)], check=True, stdout=subprocess.DEVNULL)
+        n = args.slow_clients
+        with SlowClients("127.0.0.1", port, heads=n * 6 // 10, bodies=n * 3 // 10, readers=n - n * 6 // 10 - n * 3 // 10):
+            subprocess.run(["k6", "run", "--quiet", "--no-usage-report", "--address", "127.0.0.1:0",
+                            "-e", f"RATE={args.rate}", "-e", f"SECONDS={args.seconds}", "-e", f"TARGET={target}",
+                            "-e", f"OUT={out}", str(script)], check=True, stdout=subprocess.DEVNULL)
         metrics = json.loads(out.read_text())["metrics"]
         duration = metrics["http_req_duration"]["values"]
         failed = metrics["http_req_failed"]["values"].get("passes", 0)
-        print(f"POST /payments into gunicorn ({args.workers} x {args.worker_class}) at {args.rate}/s for "
+        print(f"POST /payments into gunicorn ({args.workers} x {args.worker_class}, {n} slow clients) at {args.rate}/s for "
               f"{args.seconds} s: {int(duration['count'])} requests, {failed} failed; "
               f"p50 {duration['p(50)']:.2f} ms, p90 {duration['p(90)']:.2f} ms, "
               f"p99 {duration['p(99)']:.2f} ms, max {duration['max']:.2f} ms")

@@ -163,6 +163,12 @@ def amount_text(cents: int, scale: int) -> str:
     return dotnet.format_decimal(decimal.Decimal(cents).scaleb(-2).quantize(_ONE.scaleb(-scale)))
 
 
+def payment_json(correlation_id: str, amount_cents: int, amount_scale: int, requested_at_us: int) -> str:
+    """The body of GET /payments/{id}, built by hand so the amount keeps its scale ("19.90", "19.9", "10")."""
+    return (f'{{"correlationId":"{correlation_id}","amount":{amount_text(amount_cents, amount_scale)},'
+            f'"requestedAt":"{dotnet.format_datetime(requested_at_us)}"}}')
+
+
 def _refuse_constant(name: str) -> None:
     raise BadRequest(f"invalid JSON: {name} is not a JSON number")
 
@@ -171,7 +177,8 @@ async def read_json_object(request: web.Request) -> dict:
     """Reads a JSON object body as ASP.NET minimal API model binding would.
 
     Numbers with a fraction or an exponent are read as exact Decimals, so an
-    amount keeps the digits and the scale it was sent with.
+    amount keeps the digits and the scale it was sent with (orjson would give
+    a float, which has neither).
 
     Raises:
         web.HTTPUnsupportedMediaType: if the content type is not JSON (415),
@@ -180,9 +187,17 @@ async def read_json_object(request: web.Request) -> dict:
     """
     if request.content_type != _JSON and not request.content_type.endswith("+json"):
         raise web.HTTPUnsupportedMediaType()
+    return decode_json_object(await request.read())
+
+
+def decode_json_object(raw: bytes) -> dict:
+    """Parses a body that must be a JSON object, numbers with a fraction or an exponent as exact Decimals.
+
+    Raises:
+        BadRequest: if it is not valid JSON (NaN and Infinity are not) or not an object.
+    """
     try:
-        body = json.loads(await request.read(), parse_float=decimal.Decimal,
-                          parse_constant=_refuse_constant)
+        body = json.loads(raw, parse_float=decimal.Decimal, parse_constant=_refuse_constant)
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
         raise BadRequest(f"invalid JSON: {error}") from None
     if not isinstance(body, dict):
@@ -286,11 +301,7 @@ async def get_payment(request: web.Request) -> web.Response:
         row = processor.store.get(correlation_id)
         if row is None:
             return web.Response(status=404)
-        amount_cents, amount_scale, requested_at_us = row
-        # Built by hand so the amount keeps its scale ("19.90", "19.9", "10").
-        body = (f'{{"correlationId":"{correlation_id}","amount":{amount_text(amount_cents, amount_scale)},'
-                f'"requestedAt":"{dotnet.format_datetime(requested_at_us)}"}}')
-        return json_response(body.encode())
+        return json_response(payment_json(correlation_id, *row).encode())
     finally:
         processor.payments_limiter.release()
 

@@ -42,6 +42,20 @@ def dispatcher_stats(gateway: Gateway) -> dict:
     return snapshot(Settings.from_env(gateway.env))["dispatcher"]
 
 
+def wait_until_sent(gateway: Gateway, count: int, settle_s: float = 1.0, timeout_s: float = 20.0) -> None:
+    """Waits until `count` payments are sent and unresolved, or some are and `settle_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    first_sent = None
+    while time.monotonic() < deadline:
+        sent = snapshot(Settings.from_env(gateway.env))["outbox"]["sent_unresolved"]
+        if sent and first_sent is None:
+            first_sent = time.monotonic()
+        if sent >= count or (first_sent is not None and time.monotonic() - first_sent >= settle_s):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no payment was sent in {timeout_s} s\n{gateway.log('dispatcher-0')}")
+
+
 # (JSON fields as a client sent them, requestedAt then amount as the lookup must report them)
 SPELLINGS = [
     ('"amount":19.90,"requestedAt":"2025-07-15T12:34:56.000Z"', "2025-07-15T12:34:56Z", 1990),
@@ -117,14 +131,14 @@ def test_a_payment_the_processor_already_had_is_recorded_as_it_stored_it(tmp_pat
 def test_an_unknown_outcome_is_resolved_by_lookup_to_the_microsecond(tmp_path, clean_processors):
     """Payments in flight when the dispatcher dies: the next one looks them up and records them exactly."""
     processor = clean_processors.default
-    processor.set_delay(1500)  # long enough that every payment is in flight at the kill
+    processor.set_delay(3000)  # payments stay in flight long enough to kill the dispatcher meanwhile
     amounts = ["0.01", "19.90", "20.00", "1000000000.00", "7.50"] * 4
     ids = [str(uuid.uuid4()) for _ in amounts]
     gw = Gateway.start(tmp_path, clean_processors, workers=1)
     try:
         for correlation_id, amount in zip(ids, amounts):
             assert gw.pay(correlation_id, amount).status_code == 202
-        time.sleep(0.5)
+        wait_until_sent(gw, len(ids))
         os.kill(gw.dispatchers[0].pid, signal.SIGKILL)
         gw.dispatchers[0].wait()
         assert snapshot(Settings.from_env(gw.env))["outbox"]["sent_unresolved"] > 0

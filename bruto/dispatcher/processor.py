@@ -18,6 +18,7 @@ from urllib3.exceptions import ConnectTimeoutError
 from urllib3.exceptions import NewConnectionError
 
 from bruto.money import format_cents
+from bruto.money import parse_amount_cents
 from bruto.timefmt import format_iso_ms
 from bruto.timefmt import parse_iso
 
@@ -120,7 +121,7 @@ class ProcessorClient:
             return Outcome.UNKNOWN
         try:
             stored = orjson.loads(response.content)
-            return Stored(parse_iso(stored["requestedAt"]), round(float(stored["amount"]) * 100))
+            return Stored(parse_iso(stored["requestedAt"]), parse_amount_cents(stored["amount"]))
         except (ValueError, KeyError, TypeError):
             return Outcome.UNKNOWN
 

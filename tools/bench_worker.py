@@ -3,7 +3,8 @@
     python tools/bench_worker.py [--rounds 3] [--idle 2000] [--interval-ms 2]
                                  [--requests 12000] [--burst 12] [--conns 64]
                                  [--servers bruto,gevent,nginx] [--worker-class CLASS]
-                                 [--profile FILE [--perf]] [--json FILE]
+                                 [--profile FILE [--profile-phase idle|burst] [--perf]]
+                                 [--json FILE]
 
 Three servers on TCP ports of 127.0.0.1, started once and measured in turns
 (the order rotates each round, so none always runs on a machine still busy
@@ -31,8 +32,9 @@ Two figures per server and round, POST /payments with a fresh correlationId:
   machine) and the burst's wall time.
 
 The line to read is ``bruto/gevent``: bruto's idle p50 over gevent's, and
-its burst CPU over gevent's. ``--profile`` records bruto's worker during its
-burst phases with py-spy (``--perf``: perf, for C and kernel time). It is a
+its burst CPU over gevent's. ``--profile`` records bruto's worker during
+one phase of the first round (``--profile-phase``) with py-spy, Python and
+native frames (``--perf``: perf, for C and kernel time). It is a
 timing run: ``bruto-quiet python tools/bench_worker.py``.
 """
 
@@ -135,7 +137,7 @@ def start_bruto(tmp: Path, log, worker_class: str | None, capacity: int) -> Serv
     if worker_class:
         env["BRUTO_WORKER_CLASS"] = worker_class
     gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"],
-                                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server("bruto", free_port(), [gunicorn])
     started = time.monotonic()
     while stack_runner.probe(("unix", str(sock), "/payments-summary")) is not None:
@@ -145,7 +147,7 @@ def start_bruto(tmp: Path, log, worker_class: str | None, capacity: int) -> Serv
         time.sleep(0.05)
     balancer = subprocess.Popen(
         [sys.executable, "-m", "bruto.balancer", "--bind", f"127.0.0.1:{server.address[1]}", str(sock)],
-        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server.groups.append(balancer)
     wait_http(server.address[1], "bruto.balancer", Path(log.name))
     server.measured = children(gunicorn.pid)  # the worker (the arbiter only watches)
@@ -295,11 +297,20 @@ def start_profiler(args, worker: int) -> subprocess.Popen:
     if args.perf:
         argv = ["perf", "record", "-F", "1999", "-g", "-p", str(worker), "-o", args.profile]
     else:
-        argv = ["py-spy", "record", "--pid", str(worker), "--rate", "1000", "--format", "raw",
-                "--output", args.profile, "--nonblocking"]
+        py_spy = shutil.which("py-spy", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
+        argv = [py_spy or "py-spy", "record", "--pid", str(worker), "--rate", "1000", "--format", "raw",
+                "--output", args.profile, "--native"]
     profiler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(args.profile + ".log", "wb"))
     time.sleep(1.0)
     return profiler
+
+
+def stop_profiler(profiler: subprocess.Popen) -> None:
+    """Stop a profiler (it writes its file on SIGINT); returns None, the profiler slot's new value."""
+    if profiler.poll() is None:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(60)
+    return None
 
 
 def median_of(rounds: list[dict], server: str, phase: str, key: str) -> float:
@@ -316,7 +327,8 @@ def main() -> int:
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--servers", default=",".join(SERVERS), help="which of bruto,gevent,nginx")
     parser.add_argument("--worker-class", help="BRUTO_WORKER_CLASS (default: bruto.gateway.gunicorn_conf's)")
-    parser.add_argument("--profile", help="record bruto's worker in its burst phases into this file")
+    parser.add_argument("--profile", help="record bruto's worker in one phase of the first round into this file")
+    parser.add_argument("--profile-phase", choices=("idle", "burst"), default="burst", help="which phase --profile records")
     parser.add_argument("--perf", action="store_true", help="with --profile: perf record -g instead of py-spy")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--serve-gevent", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -347,18 +359,20 @@ def main() -> int:
             figures = {}
             for name in order:
                 server = servers[name]
-                idle = measure_idle(server, args.idle, args.interval_ms / 1e3)
-                if args.profile and name == "bruto" and profiler is None:
+                profiled = args.profile and name == "bruto" and index == 0
+                if profiled and args.profile_phase == "idle":
                     profiler = start_profiler(args, server.measured[0])
+                idle = measure_idle(server, args.idle, args.interval_ms / 1e3)
+                if profiled:
+                    profiler = stop_profiler(profiler) if profiler else start_profiler(args, server.measured[0])
                 figures[name] = {"idle": idle, "burst": measure_bursts(server, args.requests, args.burst, args.conns)}
+                if profiled and profiler:
+                    profiler = stop_profiler(profiler)
                 print(f"round {index + 1} {name:6}  idle p50 {idle['p50_us']:7.1f} p90 {idle['p90_us']:7.1f} "
                       f"p99 {idle['p99_us']:7.1f} µs, cpu {idle['cpu_per_request_us']:6.1f} µs/req | "
                       f"burst cpu {figures[name]['burst']['cpu_per_request_us']:6.1f} µs/req, wall p50 "
                       f"{figures[name]['burst']['burst_wall_p50_us']:7.1f} µs", file=sys.stderr, flush=True)
             rounds.append(figures)
-        if profiler:
-            profiler.send_signal(signal.SIGINT)
-            profiler.wait(60)
         summary = {
             name: {
                 "idle_p50_us": median_of(rounds, name, "idle", "p50_us"),
@@ -384,9 +398,8 @@ def main() -> int:
             Path(args.json).write_text(json.dumps({"summary": summary, "rounds": rounds, "args": vars(args)}, indent=1))
         return 0
     finally:
-        if profiler and profiler.poll() is None:
-            profiler.send_signal(signal.SIGINT)
-            profiler.wait(60)
+        if profiler:
+            stop_profiler(profiler)
         for server in servers.values():
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

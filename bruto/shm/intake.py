@@ -23,7 +23,6 @@ from bruto.shm.layout import intake_path
 from bruto.shm.layout import open_dispatch
 from bruto.shm.layout import open_intake
 
-
 # One intake record as bytes, field for field as INTAKE.record lays it out
 # (checked below): the hot path writes it with one pack_into.
 _RECORD = struct.Struct("<16sqq")

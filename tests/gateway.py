@@ -90,7 +90,9 @@ class Gateway:
             try:
                 self.http.get(self.url + "/payments-summary", timeout=1)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # A connection the arbiter's socket took before a worker booted
+                # can wait longer than the read timeout on a loaded machine.
                 time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not answer: {self.log('gunicorn')}")
 

@@ -33,8 +33,8 @@ Two figures per server and round, POST /payments with a fresh correlationId:
 
 The line to read is ``bruto/gevent``: bruto's idle p50 over gevent's, and
 its burst CPU over gevent's. ``--profile`` records bruto's worker during
-one phase of the first round (``--profile-phase``) with py-spy, Python and
-native frames (``--perf``: perf, for C and kernel time). It is a
+one phase of the first round (``--profile-phase``) with py-spy, Python
+frames, without pausing it (``--perf``: perf, for C and kernel time). It is a
 timing run: ``bruto-quiet python tools/bench_worker.py``.
 """
 
@@ -299,7 +299,7 @@ def start_profiler(args, worker: int) -> subprocess.Popen:
     else:
         py_spy = shutil.which("py-spy", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
         argv = [py_spy or "py-spy", "record", "--pid", str(worker), "--rate", "1000", "--format", "raw",
-                "--output", args.profile, "--native"]
+                "--output", args.profile, "--nonblocking"]
     profiler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(args.profile + ".log", "wb"))
     time.sleep(1.0)
     return profiler

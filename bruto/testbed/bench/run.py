@@ -231,10 +231,16 @@ def floor_services(run_dir: Path, port: int = FLOOR_PORT) -> list[Service]:
 # -------------------------------------------------------------------- main
 
 
-def git_revision() -> str | None:
-    """The revision of the code under test (the working tree: dirty says it differs)."""
+def git_revision(directory: Path | None = None) -> str | None:
+    """The revision of the code under test (the working tree: dirty says it differs).
+
+    Args:
+        directory: The checkout to describe (the compose files' and the
+            images' with ``--compose``); default: this bruto's.
+    """
     revision = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=Path(bruto.__file__).parent, capture_output=True, text=True
+        ["git", "describe", "--always", "--dirty"], cwd=directory or Path(bruto.__file__).parent,
+        capture_output=True, text=True,
     ).stdout.strip()
     return revision or None
 
@@ -272,7 +278,7 @@ def _median(values: list[float]) -> float:
 def run(args: argparse.Namespace) -> dict:
     """Every run of the invocation; returns the JSON result."""
     # Taken first: others may commit while the runs last.
-    revision = git_revision()
+    revision = git_revision(Path(args.compose_dir or default_compose_dir()) if args.compose else None)
     out_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="bruto-bench-")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     limits = not args.no_limits and args.target is None and not args.compose

@@ -68,7 +68,11 @@ class Gateway:
         env["BRUTO_BIND"] = f"127.0.0.1:{port}"
         gateway = cls(env, port, str(tmp_path))
         gateway.gunicorn = gateway._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"])
-        gateway._wait_http()
+        try:
+            gateway._wait_http()
+        except BaseException:
+            gateway.stop()  # the caller never gets it to stop: do not leave gunicorn running
+            raise
         if dispatcher:
             gateway.start_dispatcher()
         return gateway

@@ -87,11 +87,11 @@ class Gateway:
         gateway.gunicorn = gateway._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"])
         try:
             gateway._wait_http()
-            if dispatcher:
-                gateway.start_dispatcher()
         except BaseException:
-            gateway.stop()  # the test never gets the gateway to stop it
+            gateway.stop()  # the caller never gets it to stop: do not leave gunicorn running
             raise
+        if dispatcher:
+            gateway.start_dispatcher()
         return gateway
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
@@ -111,7 +111,9 @@ class Gateway:
             try:
                 self.http.get(self.url + "/payments-summary", timeout=1)
                 return
-            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow to start on a busy machine
+            except (requests.ConnectionError, requests.Timeout):
+                # A connection the arbiter's socket took before a worker booted
+                # can wait longer than the read timeout on a loaded machine.
                 time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not answer: {self.log('gunicorn')}")
 

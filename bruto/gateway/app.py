@@ -17,6 +17,7 @@ from bruto.config import Settings
 from bruto.gateway.admin import GuardedPurge
 from bruto.gateway.counters import GatewayCounters
 from bruto.gateway.metrics import Metrics
+from bruto.gateway.validation import MAX_BODY
 from bruto.gateway.validation import InvalidPayment
 from bruto.gateway.validation import parse_payment
 from bruto.money import format_cents
@@ -60,7 +61,12 @@ class Payments:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            correlation_id, amount_cents = parse_payment(req.bounded_stream.read())
+            # NOTE: the raw stream, not req.bounded_stream (one object less per
+            # request): a read of at most one byte over the limit stops at the
+            # body's end with either worker bruto runs (bruto's hands the app a
+            # BytesIO of the whole body, gunicorn's a length-bounded Body), and a
+            # larger body gets its 413 from parse_payment.
+            correlation_id, amount_cents = parse_payment(req.stream.read(MAX_BODY + 1))
             self._intake.append(correlation_id, amount_cents, now_us())
         except InvalidPayment as error:
             self._counters.rejection(error)
@@ -72,7 +78,7 @@ class Payments:
             _error(resp, 503, "intake is full, retry later")
             resp.retry_after = 1
             return
-        resp.status = 202
+        resp.status = falcon.HTTP_202
 
 
 class Summary:

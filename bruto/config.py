@@ -57,6 +57,15 @@ class Settings:
     # 20 s x 550/s = 11,000 waiting for default to recover.
     outbox_capacity: int = 1 << 16
 
+    # Load shedding: once this many payments wait (accepted, not yet confirmed:
+    # the answering worker's intake backlog plus the outbox), POST /payments
+    # answers 503 with Retry-After instead of 202. Past that point bruto is not
+    # keeping up, and a longer queue only confirms payments later than any
+    # client waits. The official test's worst stretch (default failing for
+    # 20 s) leaves about 5,500 waiting at 550 virtual users; 32,768 is six
+    # times that, and half the outbox, so intake never fills first.
+    shed_backlog: int = 32768
+
     # Most payments in flight to processors at once; the dispatcher sizes the
     # actual number by Little's law (bruto.dispatcher.routing) and never goes above this.
     senders: int = 128

@@ -24,6 +24,7 @@ from bruto.money import format_cents
 from bruto.shm import ledger
 from bruto.shm.intake import IntakeFull
 from bruto.shm.intake import IntakeWriter
+from bruto.shm.intake import Overloaded
 from bruto.shm.layout import open_ledger
 from bruto.timefmt import now_us
 from bruto.timefmt import parse_iso
@@ -71,6 +72,12 @@ class Payments:
         except InvalidPayment as error:
             self._counters.rejection(error)
             _error(resp, error.status, error.message)
+            return
+        except Overloaded:
+            self._counters.overloaded()
+            # Shed: bruto is not keeping up (bruto.config's shed_backlog).
+            _error(resp, 503, "too many payments are waiting, retry later")
+            resp.retry_after = 1
             return
         except IntakeFull:
             self._counters.intake_full()

@@ -40,6 +40,7 @@ REASON_OF_MESSAGE = {
     f"amount must be at most {format_cents(MAX_AMOUNT_CENTS)}": "amount_too_large",
 }
 INTAKE_FULL = REASON_INDEX["intake_full"]
+OVERLOADED = REASON_INDEX["overloaded"]
 
 # The counters of this process's slab, for the worker class's own answers
 # (bruto.gateway.worker), which never reach the app: set by create_app.
@@ -74,6 +75,9 @@ class GatewayCounters:
 
     def intake_full(self) -> None:
         self._rejections[INTAKE_FULL] += 1
+
+    def overloaded(self) -> None:
+        self._rejections[OVERLOADED] += 1
 
     def protocol_error(self, status: int) -> None:
         """An answer of the worker itself (malformed HTTP, a limit, a failed app)."""

@@ -19,9 +19,11 @@ import numpy as np
 from bruto.config import Settings
 from bruto.shm.layout import DISPATCH
 from bruto.shm.layout import INTAKE
+from bruto.shm.layout import OUTBOX
 from bruto.shm.layout import intake_path
 from bruto.shm.layout import open_dispatch
 from bruto.shm.layout import open_intake
+from bruto.shm.layout import open_outbox
 
 # One intake record as bytes, field for field as INTAKE.record lays it out
 # (checked below): the hot path writes it with one pack_into.
@@ -48,6 +50,10 @@ class IntakeFull(RuntimeError):
     """The slab has no room: the dispatcher is behind by a whole slab."""
 
 
+class Overloaded(IntakeFull):
+    """More payments wait than ``BRUTO_SHED_BACKLOG`` (this slab's backlog plus the outbox): shed load."""
+
+
 class IntakeWriter:
     """The web worker's side: claim a slot, append payments, request purges."""
 
@@ -70,17 +76,29 @@ class IntakeWriter:
         self._written_word = INTAKE.counters.fields["written"][1] // 8
         self._cursor_words = memoryview(self._dispatch.records.view(np.uint8)).cast("q")
         self._drained_word = (self.slot * DISPATCH.record.itemsize + DISPATCH.record.fields["drained"][1]) // 8
+        # Load shedding (bruto.config's shed_backlog): one more word read and
+        # an addition on the hot path, and no extra comparison: the outbox's
+        # count is never negative, so a full slab also crosses this limit.
+        self._outbox = open_outbox(settings)
+        self._outbox_words = _words(self._outbox.counters)
+        self._in_use_word = OUTBOX.counters.fields["in_use"][1] // 8
+        self._limit = min(settings.shed_backlog, self._capacity)
 
     def append(self, correlation_id: bytes, amount_cents: int, accepted_at: int) -> None:
-        """Publish one payment; raise :class:`IntakeFull` when there is no room.
+        """Publish one payment; raise :class:`IntakeFull` when there is no room, :class:`Overloaded`
+        when too many payments wait already.
 
         Fields first, then ``written``: see bruto.shm.region for why that order is
         enough for the dispatcher to never read a half-written record.
         """
         counters = self._counter_words
         written = counters[self._written_word]
-        if written - self._cursor_words[self._drained_word] >= self._capacity:
-            raise IntakeFull(f"intake slot {self.slot} holds {self._capacity} undrained payments")
+        backlog = written - self._cursor_words[self._drained_word]
+        if backlog + self._outbox_words[self._in_use_word] >= self._limit:
+            if backlog >= self._capacity:
+                raise IntakeFull(f"intake slot {self.slot} holds {self._capacity} undrained payments")
+            raise Overloaded(f"{backlog} payments wait in intake slot {self.slot} and "
+                             f"{self._outbox_words[self._in_use_word]} in the outbox")
         _RECORD.pack_into(self._record_bytes, (written % self._capacity) * _RECORD.size,
                           correlation_id, amount_cents, accepted_at)
         counters[self._written_word] = written + 1

@@ -56,6 +56,7 @@ REJECTIONS = (
     ("amount_too_precise", 422),
     ("amount_too_large", 422),
     ("intake_full", 503),
+    ("overloaded", 503),  # more payments waiting than BRUTO_SHED_BACKLOG (load shed)
 )
 # Answers the worker gives before any route is known (malformed HTTP, limits,
 # an app that failed), by status: they never reach the app.

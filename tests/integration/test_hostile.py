@@ -80,7 +80,8 @@ def assert_only_refusals_changed(before: dict, after: dict) -> None:
         refusal = status.startswith("4")
         read_only = route in READ_ONLY_ROUTES and status == "200"
         assert refusal or read_only, f"{route} answered {status}: not a refusal"
-    assert after["gateway"]["rejections"]["intake_full"] == before["gateway"]["rejections"]["intake_full"]
+    for full in ("intake_full", "overloaded"):  # refusals, but 503s: never for hostile input
+        assert after["gateway"]["rejections"][full] == before["gateway"]["rejections"][full]
     assert after["gateway"]["protocol_errors"]["500"] == before["gateway"]["protocol_errors"]["500"]
 
 

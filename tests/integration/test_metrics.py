@@ -153,7 +153,8 @@ def test_metrics_and_the_inspector_match_the_traffic_sent(gateway, clean_process
 
     snap = read_snapshot(gateway)
     assert snap["gateway"]["accepted"] == 28
-    assert snap["gateway"]["rejections"] == dict.fromkeys(INVALID, 1) | {"body_too_large": 0, "intake_full": 0}
+    assert snap["gateway"]["rejections"] == dict.fromkeys(INVALID, 1) | {"body_too_large": 0, "intake_full": 0,
+                                                                              "overloaded": 0}
     assert snap["processors"]["default"]["confirmed"] == 25
     assert snap["processors"]["default"]["ledger"] == {"totalRequests": 5, "totalCents": 5 * 1990}
     assert snap["dispatcher"]["duplicates_dropped"] == 3

@@ -96,13 +96,13 @@ def test_processes_racing_to_create_share_one_set_of_files(tmp_path):
 
 
 def _append_many(shm_dir, count):
-    writer = IntakeWriter(Settings(shm_dir=shm_dir, intake_slots=1, intake_capacity=1 << 16))
+    writer = IntakeWriter(Settings(shm_dir=shm_dir, intake_slots=1, intake_capacity=1 << 16, shed_backlog=1 << 16))
     for i in range(count):
         writer.append(i.to_bytes(16, "big"), i + 1, i)
 
 
 def test_a_reader_never_sees_a_published_record_half_written(tmp_path):
-    settings = Settings(shm_dir=str(tmp_path), intake_slots=1, intake_capacity=1 << 16)
+    settings = Settings(shm_dir=str(tmp_path), intake_slots=1, intake_capacity=1 << 16, shed_backlog=1 << 16)
     create_all(settings)
     slab = open_intake(settings, 0)
     writer = multiprocessing.get_context("fork").Process(target=_append_many, args=(settings.shm_dir, 60_000))

@@ -216,18 +216,27 @@ def down(stack: Stack, force: bool) -> int:
 
 def status(stack: Stack) -> int:
     """Print one row per process; 1 if something is not running, not answering, or no dispatcher is active."""
-    rows = stack.status()
-    problem = annotate_dispatchers(rows, stack.load_state().get("notes", {}).get("shm_dir"))
+    rows, problems = inspect(stack)
     for row in rows:
         print("  ".join(f"{k}={v}" for k, v in row.items()))
+    for problem in problems:
+        print(f"bruto-stack status: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def inspect(stack: Stack) -> tuple[list[dict], list[str]]:
+    """The status rows of a recorded stack, and what is wrong with it (nothing: it is whole)."""
+    rows = stack.status()
+    problems = []
     down = [row["name"] for row in rows if row.get("alive") is False]
+    dispatchers = annotate_dispatchers(rows, stack.load_state().get("notes", {}).get("shm_dir"))
     mute = [row["name"] for row in rows if row.get("alive") and row["answers"] not in ("ok", "-", "active", "standby")]
     for names, what in ((down, "not running"), (mute, "not answering")):
         if names:
-            print(f"bruto-stack status: {what}: {', '.join(names)}", file=sys.stderr)
-    if problem:
-        print(f"bruto-stack status: {problem}", file=sys.stderr)
-    return 1 if down or mute or problem else 0
+            problems.append(f"{what}: {', '.join(names)}")
+    if dispatchers:
+        problems.append(dispatchers)
+    return rows, problems
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ MAX_BODY = 4096
 # Cap on one payment: keeps every sum over a full ledger (2^20 records) far
 # below the int64 limit, so totals in cents can never overflow.
 MAX_AMOUNT_CENTS = 100_000_000_000
+_TOO_LARGE = f"amount must be at most {format_cents(MAX_AMOUNT_CENTS)}"
 
 
 class InvalidPayment(ValueError):
@@ -71,6 +72,11 @@ def _amount_cents(value) -> int:
     if kind is int:
         cents = value * 100
     elif kind is float:
+        # Range first: ``round`` of a product that overflows to infinity raises.
+        if value > MAX_AMOUNT_CENTS / 100:
+            raise InvalidPayment(422, _TOO_LARGE)
+        if value <= 0:
+            raise InvalidPayment(422, "amount must be positive")
         cents = round(value * 100)
         # The parser gives the double nearest to the decimal text; for a text with
         # at most 2 decimals that is exactly cents / 100 (also a correctly rounded
@@ -82,5 +88,5 @@ def _amount_cents(value) -> int:
     if cents <= 0:
         raise InvalidPayment(422, "amount must be positive")
     if cents > MAX_AMOUNT_CENTS:
-        raise InvalidPayment(422, f"amount must be at most {format_cents(MAX_AMOUNT_CENTS)}")
+        raise InvalidPayment(422, _TOO_LARGE)
     return cents

@@ -65,6 +65,10 @@ class Settings:
     # higher fee (the profit model is in bruto/dispatcher/routing.py).
     default_patience_s: float = 30.0
 
+    # How long POST /purge-payments waits for the dispatcher before it answers
+    # 503 and cancels the purge (a purge answered as failed never happens later).
+    purge_timeout_s: float = 5.0
+
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)

@@ -26,6 +26,8 @@ from bruto.shm.layout import OUTBOX
 from bruto.shm.layout import PROCESSOR_NAMES
 from bruto.shm.layout import QUEUED
 from bruto.shm.layout import SENT
+from bruto.shm.layout import STATE_NAMES
+from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import intake_path
 from bruto.shm.ledger import totals
 from bruto.shm.region import Region
@@ -78,13 +80,14 @@ def snapshot(settings: Settings) -> dict:
     return {
         "shm_dir": settings.shm_dir,
         "intake": intake,
-        "outbox": {"capacity": outbox.capacity, "queued": int(np.count_nonzero(states == QUEUED)),
-                   "sent_unresolved": int(np.count_nonzero(states == SENT))},
+        "outbox": {"capacity": outbox.capacity,
+                   **{STATE_NAMES[state]: int(np.count_nonzero(states == state)) for state in (QUEUED, SENT, UNRESOLVED)}},
         "ledger": {"capacity": ledger.capacity, "count": int(ledger.counters["count"]),
                    "start": int(ledger.counters["start"]), "truncated": found.truncated,
                    **{name: {"totalRequests": found.requests[i], "totalCents": found.amount_cents[i]}
                       for i, name in enumerate(PROCESSOR_NAMES)}},
-        "health": {name: {field: int(health.records[i][field]) for field in HEALTH.record.names}
+        "health": {name: {field: int(health.records[i][field]) for field in HEALTH.record.names
+                          if not HEALTH.record.fields[field][0].shape}
                    | {"breaker_state": breaker.NAMES.get(int(health.records[i]["breaker"]), "?")}
                    for i, name in enumerate(PROCESSOR_NAMES)},
         "dispatcher": stats,
@@ -102,7 +105,7 @@ def _print_table(snap: dict) -> None:
             owner = f"pid {slab['owner_pid']} {'alive' if slab['owner_alive'] else 'gone'}"
             print(f"intake slot {slab['slot']:2d}: written {slab['written']}, backlog {slab['backlog']} ({owner})")
     o = snap["outbox"]
-    print(f"outbox: {o['queued']} queued, {o['sent_unresolved']} sent and unresolved (capacity {o['capacity']})")
+    print(f"outbox: {o['queued']} queued, {o['sent']} sent, {o['unresolved']} unresolved (capacity {o['capacity']})")
     led = snap["ledger"]
     print(f"ledger: {led['count'] - led['start']} counted of {led['count']} appended (capacity {led['capacity']}"
           f"{', wrapped' if led['truncated'] else ''})")

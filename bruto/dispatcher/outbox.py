@@ -31,7 +31,7 @@ An entry's states (bruto.shm.layout), and what moves it:
 | UNRESOLVED | lookup: stored                 | ledger += what P stored; FREE                         |
 | UNRESOLVED | lookup: 404, absence proven    | QUEUED, ready at once (may go anywhere)               |
 | UNRESOLVED | lookup: 404 not proven, error  | UNRESOLVED; lookup again later, backing off           |
-| QUEUED     | purge asked before it arrived  | FREE                                                  |
+| QUEUED     | purge carried out              | FREE (drained before the purge was asked)             |
 
 Absence is proven (hole 3 of issue 11) when the lookup was asked at least
 ``LOOKUP_MARGIN_US`` after the largest delay P showed or announced since the
@@ -176,8 +176,6 @@ class Outbox:
                     entry["correlation_id"] = correlation_id
                     entry["amount_cents"] = record["amount_cents"]
                     entry["accepted_at"] = record["accepted_at"]
-                    entry["intake_slot"] = slot
-                    entry["intake_index"] = drained
                     entry["attempts"] = 0
                     entry["state"] = QUEUED  # the entry is complete: publish it
                     self._in_use["in_use"] += 1
@@ -438,14 +436,14 @@ class Outbox:
     def _finish_purge(self, slot: int) -> None:
         """Carry out the claimed purge of ``slot`` (again, after a crash: every step is idempotent)."""
         self._ledger.purge(below=int(self._dispatch["purge_ledger_below"]))
-        marks = np.array([int(cursor["purge_below"]) for cursor in self._cursors], dtype=np.int64)
-        for cursor, below in zip(self._cursors, marks):
-            if int(cursor["drained"]) < below:
-                cursor["drained"] = below
-        entries = self._entries
-        # Entries sent or unresolved stay: if a processor stores one, the ledger must say so.
-        dropped = (entries["state"] == QUEUED) & (entries["intake_index"] < marks[entries["intake_slot"]])
-        entries["state"][dropped] = FREE
+        for cursor in self._cursors:
+            if int(cursor["drained"]) < int(cursor["purge_below"]):
+                cursor["drained"] = cursor["purge_below"]
+        # Every queued entry was accepted before the purge was asked: draining
+        # stopped at its marks while it was pending. Entries sent or unresolved
+        # stay: if a processor stores one, the ledger must say so.
+        states = self._entries["state"]
+        states[states == QUEUED] = FREE
         self.stats["purges"] += 1
         self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]
 

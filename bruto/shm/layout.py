@@ -100,13 +100,10 @@ OUTBOX = Layout(
         ("accepted_at", "<i8"),
         ("requested_at", "<i8"),     # sent with the last attempt; kept while SENT or UNRESOLVED
         ("sent_at", "<i8"),          # when the last attempt went out
-        ("intake_index", "<i8"),     # where it came from: a purge drops what was accepted before it
         ("announced_ms", "<i4"),     # the processor's delay as last announced when the attempt went out
         ("attempts", "<u2"),         # sends and lookups so far (backoff)
         ("state", "u1"),
         ("processor", "u1"),         # target of the last attempt
-        ("intake_slot", "u1"),
-        ("pad", "V7"),
     ]),
 )
 

@@ -33,6 +33,7 @@ the dispatcher polls every 5.1 s).
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 
 import numpy as np
@@ -119,6 +120,7 @@ class OutboxWorld(RuleBasedStateMachine):
         self.ledger_log: list[bytes] = []  # every id the ledger ever recorded, in order
         self.incarnation = 0
         self.stopped_answers: list[Request] = []
+        self.purge_lock_busy = False
         self.outbox = self._start()
 
     def _start(self) -> Outbox:
@@ -159,7 +161,8 @@ class OutboxWorld(RuleBasedStateMachine):
 
     def _dispatcher_step(self) -> None:
         for slot in self.outbox.pending_purges(self.now):
-            self.outbox.purge(slot, self.now)
+            if not self.purge_lock_busy:
+                self.outbox.purge(slot, self.now)
         self.outbox.drain(self.now)
         self._carry_out(self.outbox.poll(self.now))
 
@@ -243,16 +246,22 @@ class OutboxWorld(RuleBasedStateMachine):
         except IntakeFull:
             pass
 
-    @rule(slot=st.integers(0, SLOTS - 1))
-    def purge(self, slot):
-        """The official setup: the processors are purged, then bruto, and the dispatcher is running."""
+    @rule(slot=st.integers(0, SLOTS - 1), lock_busy_ms=st.sampled_from([0, 0, 30, 2000]),
+          accepted_meanwhile=st.integers(0, 3))
+    def purge(self, slot, lock_busy_ms, accepted_meanwhile):
+        """The official setup: the processors are purged, then bruto. The dispatcher may go on
+        (answers, draining) for a while before it gets the purge lock."""
         for processor in self.processors:
             processor.stored.clear()
         writer = self.writers[slot]
         ticket = writer.request_purge(deadline=self.now + PURGE_TIMEOUT_US)
+        self.accepted = set()  # what the gateways accepted before is purged
+        self.purge_lock_busy = True
+        self.accept_payments(1 - slot, accepted_meanwhile, 700)
+        self.run_until(self.now + lock_busy_ms * MS)
+        self.purge_lock_busy = False
         self._dispatcher_step()
         assert writer.purge_done(ticket)
-        self.accepted = set()
 
     @rule(slot=st.integers(0, SLOTS - 1), stopped_ms=st.sampled_from([0, 2000, 5001]),
           gateway_died=st.booleans(), late_s=st.integers(0, 3))
@@ -445,6 +454,8 @@ def _retained_slots(region):
     return [index % region.capacity for index in range(first, count)]
 
 
-OutboxWorld.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None,
+# Examples per run: BRUTO_MODEL_EXAMPLES=20000 for a long run (docs/DISPATCHER.md).
+OutboxWorld.TestCase.settings = settings(max_examples=int(os.environ.get("BRUTO_MODEL_EXAMPLES", "1000")),
+                                         stateful_step_count=30, deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
 test_the_outbox_keeps_every_promise = OutboxWorld.TestCase

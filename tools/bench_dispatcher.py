@@ -25,8 +25,8 @@ import gevent  # noqa: E402
 import urllib3  # noqa: E402
 
 from bruto.config import Settings  # noqa: E402
-from bruto.dispatcher.service import Dispatcher  # noqa: E402
 from bruto.dispatcher.processor import make_session  # noqa: E402
+from bruto.dispatcher.service import Dispatcher  # noqa: E402
 from bruto.shm.intake import IntakeWriter  # noqa: E402
 from bruto.shm.layout import create_all  # noqa: E402
 from bruto.testbed.emulator.control import Emulator  # noqa: E402

@@ -59,46 +59,27 @@ class DedupIndex:
         self._k1, self._k2 = (int(k) for k in multipliers)
         self.size = 0
 
-    @property
-    def nbytes(self) -> int:
-        return self._table.nbytes
-
     def ledger_ref(self, slot: int) -> int:
         return slot
 
     def outbox_ref(self, entry: int) -> int:
         return self.ledger_capacity + entry
 
-    def is_ledger_ref(self, ref: int) -> bool:
-        return ref < self.ledger_capacity
-
     # -- one id at a time ------------------------------------------------------
 
     def insert(self, key: bytes, ref: int) -> int | None:
         """Index ``key`` at ``ref`` unless it is indexed already; returns the ref it had, or None."""
-        table, mask = self._table, self._mask
-        i = self._home(key)
-        while True:
-            found = int(table[i])
-            if found == EMPTY:
-                table[i] = ref
-                self.size += 1
-                return None
-            if self._key(found) == key:
-                return found
-            i = (i + 1) & mask
+        i, found = self._probe(key)
+        if found != EMPTY:
+            return found
+        self._table[i] = ref
+        self.size += 1
+        return None
 
     def find(self, key: bytes) -> int | None:
         """Where ``key`` lives (a ref), or None."""
-        table, mask = self._table, self._mask
-        i = self._home(key)
-        while True:
-            found = int(table[i])
-            if found == EMPTY:
-                return None
-            if self._key(found) == key:
-                return found
-            i = (i + 1) & mask
+        found = self._probe(key)[1]
+        return None if found == EMPTY else found
 
     def move(self, key: bytes, ref: int, new_ref: int) -> None:
         """``key``, indexed at ``ref``, now lives at ``new_ref`` (outbox entry -> ledger slot)."""
@@ -200,6 +181,16 @@ class DedupIndex:
         with np.errstate(over="ignore"):
             mixed = keys[:, 0] * np.uint64(self._k1) ^ keys[:, 1] * np.uint64(self._k2)
         return (mixed >> np.uint64(self._shift)).astype(np.int64)
+
+    def _probe(self, key: bytes) -> tuple[int, int]:
+        """The table slot holding ``key``, or the empty one that ends its probe run; and its ref."""
+        table, mask = self._table, self._mask
+        i = self._home(key)
+        while True:
+            found = int(table[i])
+            if found == EMPTY or self._key(found) == key:
+                return i, found
+            i = (i + 1) & mask
 
     def _slot_of(self, key: bytes, ref: int) -> int | None:
         table, mask = self._table, self._mask

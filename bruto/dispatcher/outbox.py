@@ -135,10 +135,6 @@ class Outbox:
         self._latencies = tuple(collections.deque(maxlen=LATENCY_SAMPLES) for _ in PROCESSOR_NAMES)
         self._latency_published_at = 0
 
-    @property
-    def dedup_bytes(self) -> int:
-        return self._dedup.nbytes
-
     # -- events ----------------------------------------------------------------
 
     def recover(self, now: int) -> None:
@@ -149,8 +145,8 @@ class Outbox:
         self.in_flight = [0, 0]
         self._reindex(now, crashed=True)
         self.stats["started_at"] = now
-        log.info("recovered: %d payments in the outbox, %d in the ledger",
-                 len(self._entries) - len(self._free), self._dedup.size - (len(self._entries) - len(self._free)))
+        held = len(self._entries) - len(self._free)
+        log.info("recovered: %d payments in the outbox, %d in the ledger", held, self._dedup.size - held)
 
     def drain(self, now: int) -> int:
         """Move what the gateways accepted from intake into the outbox; returns how many records."""

@@ -37,7 +37,6 @@ import os
 import uuid
 
 import numpy as np
-
 from hypothesis import HealthCheck
 from hypothesis import settings
 from hypothesis import strategies as st

@@ -83,18 +83,25 @@ class IntakeWriter:
     # dispatcher refuses it, and a gateway that gives up cancels the ticket
     # under the purge lock, the same lock under which the dispatcher commits to
     # one (bruto.dispatcher.outbox.Outbox.purge). So each ticket is either
-    # cancelled or committed, whatever the timing.
+    # cancelled or committed, whatever the timing. The lock is an flock on a
+    # file of the shared directory: it works across processes and containers,
+    # and the kernel drops it when its holder dies.
 
     def request_purge(self, deadline: int) -> int:
-        """Ask the dispatcher to purge before ``deadline`` (epoch µs); returns the ticket."""
+        """Ask the dispatcher to purge before ``deadline`` (epoch µs); returns the ticket.
+
+        Written under the purge lock, so the dispatcher, which commits under
+        it, never reads a request half written by a second one in this worker.
+        """
         counters = self._counters
-        below = counters["purge_below"]
-        for slot, slab in enumerate(self._slabs):
-            below[slot] = int(slab.counters["written"])
-        counters["purge_ledger_below"] = int(self._ledger.counters["count"])
-        counters["purge_deadline"] = deadline
-        ticket = int(counters["purge_ticket"]) + 1
-        counters["purge_ticket"] = ticket  # publish the request, complete
+        with self._purge_lock():
+            below = counters["purge_below"]
+            for slot, slab in enumerate(self._slabs):
+                below[slot] = int(slab.counters["written"])
+            counters["purge_ledger_below"] = int(self._ledger.counters["count"])
+            counters["purge_deadline"] = deadline
+            ticket = int(counters["purge_ticket"]) + 1
+            counters["purge_ticket"] = ticket
         return ticket
 
     def purge_done(self, ticket: int) -> bool:
@@ -103,11 +110,14 @@ class IntakeWriter:
 
     def cancel_purge(self, ticket: int) -> bool:
         """Give up on a purge; False if too late: the dispatcher has committed to it."""
-        with purge_lock(self._purge_lock_path) if self._purge_lock_path else contextlib.nullcontext():
+        with self._purge_lock():
             if int(self._cursor["purge_claimed"]) >= ticket:
                 return False
             self._counters["purge_cancelled"] = ticket
             return True
+
+    def _purge_lock(self):
+        return purge_lock(self._purge_lock_path) if self._purge_lock_path else contextlib.nullcontext()
 
 
 def purge_lock_path(settings: Settings) -> str:

@@ -23,8 +23,13 @@ from bruto.shm.layout import DELAY_SECONDS
 SECOND_US = 1_000_000
 
 
-def record(row, now: int, delay_ms: int) -> None:
-    """Record that the processor showed or announced ``delay_ms`` at ``now``."""
+def record(row, now: int, delay_ms: int) -> tuple[int, int]:
+    """Record that the processor showed or announced ``delay_ms`` at ``now``.
+
+    Returns:
+        (the second it was recorded under, the largest delay of that second):
+        a later delay no larger, in the same second, changes nothing.
+    """
     second = now // SECOND_US
     latest = int(row["delay_second"])
     ring = row["delay_ms"]
@@ -38,6 +43,7 @@ def record(row, now: int, delay_ms: int) -> None:
     slot = second % DELAY_SECONDS
     if delay_ms > ring[slot]:
         ring[slot] = delay_ms
+    return second, int(ring[slot])
 
 
 def largest_since(row, since: int) -> int:

@@ -134,6 +134,13 @@ class Outbox:
         self._timers: list[tuple[int, int, int]] = []  # heap of (due, entry, generation)
         self._latencies = tuple(collections.deque(maxlen=LATENCY_SAMPLES) for _ in PROCESSOR_NAMES)
         self._latency_published_at = 0
+        # What the health table says, per processor, kept here too: the
+        # outbox is the table's only writer (the poller's reports come
+        # through health_reported), so reading it back on every send is waste.
+        self._breakers = [breaker.Breaker(), breaker.Breaker()]
+        self._announced_ms = [0, 0]   # min_response_ms
+        self._p90_ms = [0, 0]         # latency_p90_ms
+        self._delay_seen = [(0, 0), (0, 0)]  # delays.record's last (second, largest)
 
     # -- events ----------------------------------------------------------------
 
@@ -143,6 +150,11 @@ class Outbox:
             if int(cursor["purge_claimed"]) > int(cursor["purges_done"]):
                 self._finish_purge(slot)  # committed before the crash: carry it out to the end
         self.in_flight = [0, 0]
+        rows = self._health
+        self._breakers = [breaker.read(row) for row in rows]
+        self._announced_ms = [int(row["min_response_ms"]) for row in rows]
+        self._p90_ms = [int(row["latency_p90_ms"]) for row in rows]
+        self._delay_seen = [(0, 0), (0, 0)]
         self._reindex(now, crashed=True)
         self.stats["started_at"] = now
         held = len(self._entries) - len(self._free)
@@ -204,8 +216,7 @@ class Outbox:
         """The answer to a :class:`Send` (or UNKNOWN if it ended any other way)."""
         processor = send.processor
         self.in_flight[processor] -= 1
-        row = self._health[processor]
-        delays.record(row, now, elapsed_us // 1000)  # how long this processor takes now
+        self._record_delay(processor, now, elapsed_us // 1000)  # how long this processor takes now
         if send.generation != self._generation[send.entry]:
             return
         index = send.entry
@@ -256,8 +267,8 @@ class Outbox:
     def health_reported(self, processor: int, report: Health, asked_at: int, now: int) -> None:
         """A service-health answer to a call made at ``asked_at``."""
         row = self._health[processor]
-        delays.record(row, now, report.min_response_ms)  # the evidence before the claim it backs
-        row["min_response_ms"] = report.min_response_ms
+        self._record_delay(processor, now, report.min_response_ms)  # the evidence before the claim it backs
+        row["min_response_ms"] = self._announced_ms[processor] = report.min_response_ms
         row["failing"] = int(report.failing)
         row["polled_at"] = asked_at
         self._set_breaker(processor, breaker.reported, report.failing, now)
@@ -291,7 +302,7 @@ class Outbox:
         """When :meth:`poll` will have something to do without another event; None: never."""
         due = self._timers[0][0] if self._timers else None
         if self._ready:
-            change = routing.next_change(self._breakers(), now, self.policy)
+            change = routing.next_change(tuple(self._breakers), now, self.policy)
             if change is not None and (due is None or change < due):
                 due = change
         return due
@@ -307,24 +318,22 @@ class Outbox:
     # -- transitions -----------------------------------------------------------
 
     def _send_ready(self, now: int, actions: list[Action]) -> None:
-        rows = self._health
-        breakers = self._breakers()
-        latencies = (_expected_latency_ms(rows[0]), _expected_latency_ms(rows[1]))
+        announced = self._announced_ms
+        latencies = (max(announced[0], self._p90_ms[0]), max(announced[1], self._p90_ms[1]))
         while self._ready:
-            choice = routing.choose(breakers, latencies, tuple(self.in_flight), now, self.policy)
+            choice = routing.choose(tuple(self._breakers), latencies, tuple(self.in_flight), now, self.policy)
             if choice is None:
                 return
             processor = choice.processor
             if choice.probe:
                 self._set_breaker(processor, breaker.probing, now)
-                breakers = self._breakers()
             index = self._ready.popleft()
             entry = self._entries[index]
             requested_at = now // 1000 * 1000  # whole milliseconds: what we send is what we keep
             entry["processor"] = processor
             entry["requested_at"] = requested_at
             entry["sent_at"] = now
-            entry["announced_ms"] = min(int(rows[processor]["min_response_ms"]), 2**31 - 1)
+            entry["announced_ms"] = min(announced[processor], 2**31 - 1)
             entry["attempts"] = min(int(entry["attempts"]) + 1, _MAX_ATTEMPTS)
             entry["state"] = SENT  # written before the request leaves
             self.in_flight[processor] += 1
@@ -368,14 +377,16 @@ class Outbox:
         return self._generation[index]
 
     def _set_breaker(self, processor: int, transition, *args) -> None:
-        row = self._health[processor]
-        before = breaker.read(row)
+        before = self._breakers[processor]
         after = transition(before, *args)
         if after != before:
-            breaker.write(row, after)
+            self._breakers[processor] = after
+            breaker.write(self._health[processor], after)
 
-    def _breakers(self) -> tuple[breaker.Breaker, breaker.Breaker]:
-        return breaker.read(self._health[0]), breaker.read(self._health[1])
+    def _record_delay(self, processor: int, now: int, delay_ms: int) -> None:
+        second, largest = self._delay_seen[processor]
+        if now // delays.SECOND_US != second or delay_ms > largest:
+            self._delay_seen[processor] = delays.record(self._health[processor], now, delay_ms)
 
     def _publish_latency(self, now: int) -> None:
         """Publish each processor's recent p90 latency to the health table."""
@@ -383,7 +394,8 @@ class Outbox:
         for processor, samples in enumerate(self._latencies):
             if samples:
                 ordered = sorted(samples)
-                self._health[processor]["latency_p90_ms"] = ordered[min(len(ordered) - 1, len(ordered) * 9 // 10)]
+                p90 = ordered[min(len(ordered) - 1, len(ordered) * 9 // 10)]
+                self._health[processor]["latency_p90_ms"] = self._p90_ms[processor] = p90
 
     # -- exactly once: when a 404 proves a payment absent -------------------------
 
@@ -460,8 +472,3 @@ class Outbox:
         self._timers = []
         for index in np.flatnonzero(states == UNRESOLVED):
             self._schedule(int(index), self._provable_at(int(index)))
-
-
-def _expected_latency_ms(row) -> int:
-    """What an answer takes now: the configured delay, or what we observe if slower."""
-    return max(int(row["min_response_ms"]), int(row["latency_p90_ms"]))

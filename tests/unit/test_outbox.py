@@ -49,6 +49,16 @@ class World:
         self.outbox = Outbox(self.regions, POLICY)
         self.outbox.recover(self.now)
 
+    def restart(self):
+        """A new outbox over the same regions, as after a crash."""
+        self.outbox = Outbox(self.regions, POLICY)
+        self.outbox.recover(self.now)
+
+    def down_since(self, processor, since, state=breaker.OPEN, probe_at=0):
+        """The breaker as a dispatcher that saw the outage left it (then this one starts)."""
+        breaker.write(self.regions.health.records[processor], breaker.Breaker(state, 5, since, probe_at))
+        self.restart()
+
     def accept(self, slot=0) -> bytes:
         correlation_id = uuid.uuid4().bytes
         self.writers[slot].append(correlation_id, 1990, self.now)
@@ -121,7 +131,7 @@ def test_hole3_an_unresolved_payment_stays_with_its_processor_until_its_absence_
     said so yet. A probe goes out, its connection drops while the request waits inside
     default, and the next probe stays out: fallback is where a requeued payment would go."""
     world = World()
-    breaker.write(world.regions.health.records[DEFAULT], breaker.Breaker(breaker.OPEN, 5, T0 - 40 * S, 0))
+    world.down_since(DEFAULT, T0 - 40 * S)
     world.announce(DEFAULT, 0)
     payment = world.accept()
     [probe] = world.step(0.001)
@@ -242,8 +252,7 @@ def test_a_committed_purge_cannot_be_cancelled_and_survives_a_crash_midway():
     for i, below in enumerate(world.regions.intake[0].counters["purge_below"][:2]):
         world.regions.dispatch.records[i]["purge_below"] = below
     assert not world.writers[0].cancel_purge(ticket)
-    world.outbox = Outbox(world.regions, POLICY)
-    world.outbox.recover(world.now)
+    world.restart()
     assert world.writers[0].purge_done(ticket)
     assert world.step() == [] and world.state(kept) == FREE
 
@@ -253,8 +262,7 @@ def test_a_crash_with_a_request_out_resolves_it_on_the_same_processor():
     world.announce(DEFAULT, 0)
     payment = world.accept()
     [send] = world.step()
-    world.outbox = Outbox(world.regions, POLICY)  # crash: the answer is lost
-    world.outbox.recover(world.now)
+    world.restart()  # crash: the answer is lost
     assert world.state(payment) == UNRESOLVED
     assert world.step() == []
     world.now += LOOKUP_MARGIN_US
@@ -271,8 +279,7 @@ def test_a_crash_between_ledger_and_outbox_counts_the_payment_once():
     payment = world.accept()
     [send] = world.step()
     LedgerWriter(world.regions.ledger).append(payment, send.requested_at, 1990, DEFAULT)  # then the crash
-    world.outbox = Outbox(world.regions, POLICY)
-    world.outbox.recover(world.now)
+    world.restart()
     assert world.state(payment) == FREE
     assert world.step(10) == []
     assert totals(world.regions.ledger, None, None).requests == (1, 0)
@@ -280,7 +287,7 @@ def test_a_crash_between_ledger_and_outbox_counts_the_payment_once():
 
 def test_default_down_past_the_patience_sends_to_fallback():
     world = World()
-    breaker.write(world.regions.health.records[DEFAULT], breaker.Breaker(breaker.OPEN, 5, T0 - 31 * S, T0))
+    world.down_since(DEFAULT, T0 - 31 * S, probe_at=T0)
     world.accept()
     [send] = world.step()
     assert send.processor == FALLBACK

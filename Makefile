@@ -1,6 +1,7 @@
 # The two commands of the README, and a few more.
 #   make up     install what is missing, then start the stack on :9999
 #   make test   install what is missing, then run the whole test suite
+#               (PYTEST_ARGS="..." passes arguments to pytest)
 # Both are idempotent: a second run installs nothing. Python packages go into
 # a virtual environment (.venv), never into the system's Python; Debian
 # packages (python3-venv, nginx, ...) are installed with apt-get when missing,
@@ -11,8 +12,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 # Debian packages the tests and the benchmark run: nginx (the benchmark's floor
-# and the nginx topology of the stack).
-TEST_PACKAGES := nginx
+# and the nginx topology of the stack), prometheus (scrapes a stack's
+# GET /metrics in the tests and on `bruto-stack up --prometheus`; brings promtool).
+TEST_PACKAGES := nginx prometheus
 
 .PHONY: install up down status test bench
 
@@ -40,7 +42,7 @@ status:
 	$(BIN)/bruto-stack status
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/bruto-bench

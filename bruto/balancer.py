@@ -34,7 +34,7 @@ import socket
 import sys
 import time
 
-from bruto.config import Settings
+from bruto.config import settings_or_exit
 
 log = logging.getLogger("bruto.balancer")
 
@@ -151,7 +151,7 @@ def listen(address: str) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings.from_env()
+    settings = settings_or_exit("bruto-balancer")
     parser = argparse.ArgumentParser(prog="bruto-balancer", description=__doc__.split("\n")[0])
     parser.add_argument("instances", nargs="+", metavar="SOCKET",
                         help="unix socket of each API instance (gunicorn's bind)")

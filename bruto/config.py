@@ -105,3 +105,11 @@ _KIND_NAMES = {int: "an integer", float: "a number", str: "text"}
 def env_name(field: str) -> str:
     """The environment variable of a setting: ``shm_dir`` -> ``BRUTO_SHM_DIR``."""
     return "BRUTO_" + field.upper()
+
+
+def settings_or_exit(prog: str) -> Settings:
+    """Settings for a command's ``main``: a bad variable ends it with one line, not a traceback."""
+    try:
+        return Settings.from_env()
+    except SettingError as error:
+        raise SystemExit(f"{prog}: {error}") from None

@@ -1,139 +1,173 @@
-"""``bruto-shm``: print what the shared-memory regions hold right now.
+"""``bruto-shm``: what the shared-memory regions hold, once or live.
 
-Read-only: it attaches to existing regions (never creates them) and reads the
-same counters the gateway and the dispatcher publish. ``--json`` prints one
-JSON object instead of the table, for scripts.
+    bruto-shm                 one table
+    bruto-shm --json          one snapshot as JSON (bruto.shm.snapshot), for scripts
+    bruto-shm --watch [S]     a live view, refreshed every S seconds (1 by default):
+                              rates between refreshes, backlog, breakers, latency
+
+Read-only: it attaches to existing regions (never creates them), takes no
+lock a writer waits for, and reads the same counters the metrics endpoint
+renders. Without ``--shm-dir`` it reads ``BRUTO_SHM_DIR`` (``/dev/shm/bruto``
+by default), where ``bruto-stack up`` and the compose file put the regions. A
+missing, foreign or truncated region is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import fcntl
 import json
-import os
 import sys
+import time
 
-import numpy as np
-
+from bruto.config import SettingError
 from bruto.config import Settings
-from bruto.dispatcher import breaker
-from bruto.shm.layout import DISPATCH
-from bruto.shm.layout import HEALTH
-from bruto.shm.layout import INTAKE
-from bruto.shm.layout import LEDGER
-from bruto.shm.layout import OUTBOX
 from bruto.shm.layout import PROCESSOR_NAMES
-from bruto.shm.layout import QUEUED
-from bruto.shm.layout import SENT
-from bruto.shm.layout import STATE_NAMES
-from bruto.shm.layout import UNRESOLVED
-from bruto.shm.layout import intake_path
-from bruto.shm.ledger import totals
-from bruto.shm.region import Region
 from bruto.shm.region import RegionError
+from bruto.shm.snapshot import SharedRegions
+
+CLEAR = "\x1b[H\x1b[2J"
 
 
-def _lock_held(path: str) -> bool:
-    """Whether a live process holds the flock on ``path`` (slot owners, the dispatcher).
-
-    The lock says more than a PID: it works across containers (PIDs there
-    belong to other namespaces) and cannot be fooled by a reused PID. The probe
-    takes a shared lock for an instant; a worker claiming that very slot at
-    that instant moves on to the next free one.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the probe's lock, if it got one
-    return False
+def _cents(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
 
 
-def snapshot(settings: Settings) -> dict:
-    """Everything worth showing, as plain numbers."""
-    path = lambda name: os.path.join(settings.shm_dir, name)  # noqa: E731
-    dispatch = Region.attach(path("dispatch.bin"), DISPATCH)
-    outbox = Region.attach(path("outbox.bin"), OUTBOX)
-    ledger = Region.attach(path("ledger.bin"), LEDGER)
-    health = Region.attach(path("health.bin"), HEALTH)
-    intake = []
-    for slot in range(dispatch.capacity):
-        try:
-            slab = Region.attach(intake_path(settings, slot), INTAKE)
-        except RegionError:
-            continue
-        written = int(slab.counters["written"])
-        drained = int(dispatch.records[slot]["drained"])
-        intake.append({"slot": slot, "written": written, "backlog": written - drained,
-                       "owner_pid": int(slab.counters["owner_pid"]),
-                       "owner_alive": _lock_held(intake_path(settings, slot))})
-    states = outbox.records["state"]
-    found = totals(ledger, None, None)
-    stats = {name: int(dispatch.counters[name]) for name in DISPATCH.counters.names}
-    stats["dispatcher_alive"] = _lock_held(path("dispatcher.lock"))
-    return {
-        "shm_dir": settings.shm_dir,
-        "intake": intake,
-        "outbox": {"capacity": outbox.capacity,
-                   **{STATE_NAMES[state]: int(np.count_nonzero(states == state)) for state in (QUEUED, SENT, UNRESOLVED)}},
-        "ledger": {"capacity": ledger.capacity, "count": int(ledger.counters["count"]),
-                   "start": int(ledger.counters["start"]), "truncated": found.truncated,
-                   **{name: {"totalRequests": found.requests[i], "totalCents": found.amount_cents[i]}
-                      for i, name in enumerate(PROCESSOR_NAMES)}},
-        "health": {name: {field: int(health.records[i][field]) for field in HEALTH.record.names
-                          if not HEALTH.record.fields[field][0].shape}
-                   | {"breaker_state": breaker.NAMES.get(int(health.records[i]["breaker"]), "?")}
-                   for i, name in enumerate(PROCESSOR_NAMES)},
-        "dispatcher": stats,
-    }
+def _alive(flag: bool) -> str:
+    return "alive" if flag else "not running"
 
 
-def _print_table(snap: dict) -> None:
-    print(f"shared directory {snap['shm_dir']}")
-    d = snap["dispatcher"]
-    print(f"dispatcher pid {d['dispatcher_pid']} ({'alive' if d['dispatcher_alive'] else 'not running'}): "
-          + ", ".join(f"{k} {d[k]}" for k in ("attempts", "stored", "failed", "unknown", "lookups",
-                                               "duplicates_dropped", "rejected", "purges")))
+def table(snap: dict) -> str:
+    """The one-shot view: totals since the regions were created, and the state now."""
+    lines = [f"shared directory {snap['shm_dir']}"]
+    d, g = snap["dispatcher"], snap["gateway"]
+    lines.append(f"dispatcher pid {d['pid']} ({_alive(d['alive'])}): duplicates dropped {d['duplicates_dropped']}, "
+                 f"purges {d['purges']}")
+    refused = {reason: n for reason, n in g["rejections"].items() if n}
+    lines.append(f"gateway: {g['workers_alive']} workers alive, {g['accepted']} payments accepted, "
+                 f"backlog {g['backlog']}; refused: "
+                 + (", ".join(f"{reason} {n}" for reason, n in refused.items()) or "none"))
     for slab in snap["intake"]:
         if slab["written"] or slab["owner_alive"]:
             owner = f"pid {slab['owner_pid']} {'alive' if slab['owner_alive'] else 'gone'}"
-            print(f"intake slot {slab['slot']:2d}: written {slab['written']}, backlog {slab['backlog']} ({owner})")
+            lines.append(f"intake slot {slab['slot']:2d}: written {slab['written']}, backlog {slab['backlog']} ({owner})")
     o = snap["outbox"]
-    print(f"outbox: {o['queued']} queued, {o['sent']} sent, {o['unresolved']} unresolved (capacity {o['capacity']})")
+    lines.append(f"outbox: {o['queued']} queued, {o['sent']} sent, {o['unresolved']} unresolved "
+                 f"(capacity {o['capacity']})")
     led = snap["ledger"]
-    print(f"ledger: {led['count'] - led['start']} counted of {led['count']} appended (capacity {led['capacity']}"
-          f"{', wrapped' if led['truncated'] else ''})")
+    lines.append(f"ledger: {led['retained']} counted of {led['count']} appended (capacity {led['capacity']}"
+                 f"{', wrapped' if led['wrapped'] else ''})")
+    for name, p in snap["processors"].items():
+        h = p["health"]
+        lines.append(
+            f"  {name:8s}: {p['ledger']['totalRequests']} payments, {_cents(p['ledger']['totalCents'])}; "
+            f"breaker {p['breaker_state'].replace('_', '-')}, failing {h['failing']}, "
+            f"delay {h['min_response_ms']} ms, p90 {h['latency_p90_ms']} ms; "
+            f"attempts {p['attempts']} ({p['retries']} retries): "
+            + ", ".join(f"{k} {n}" for k, n in p["outcomes"].items() if n))
+    return "\n".join(lines)
+
+
+def _rate(now: int, before: int, seconds: float) -> float:
+    return max(now - before, 0) / seconds if seconds > 0 else 0.0
+
+
+def _quantile(buckets: list[int], bounds: list[int], q: float) -> str:
+    """The upper bound of the bucket holding quantile ``q`` of ``buckets`` (counts per bucket)."""
+    total = sum(buckets)
+    if not total:
+        return "-"
+    seen = 0
+    for bound, n in zip([*bounds, None], buckets):
+        seen += n
+        if seen >= q * total:
+            return f">{bounds[-1] / 1000:g} ms" if bound is None else f"<={bound / 1000:g} ms"
+    return "-"
+
+
+def watch_view(snap: dict, before: dict) -> str:
+    """The live view: rates between two snapshots, and the state at the later one."""
+    seconds = snap["taken_at"] - before["taken_at"]
+    d, g = snap["dispatcher"], snap["gateway"]
+    lines = [f"bruto-shm --watch  {snap['shm_dir']}  {time.strftime('%H:%M:%S', time.localtime(snap['taken_at']))}"
+             f"  (rates over {seconds:.1f} s; Ctrl-C to stop)",
+             f"dispatcher {_alive(d['alive'])}, pid {d['pid']}; web workers alive {g['workers_alive']}", ""]
+    confirmed = sum(p["confirmed"] for p in snap["processors"].values())
+    confirmed_before = sum(p["confirmed"] for p in before["processors"].values())
+    refused = sum(g["rejections"].values())
+    refused_before = sum(before["gateway"]["rejections"].values())
+    o = snap["outbox"]
+    lines.append(f"payments/s   in {_rate(g['accepted'], before['gateway']['accepted'], seconds):8.1f}"
+                 f"   out {_rate(confirmed, confirmed_before, seconds):8.1f}"
+                 f"   refused {_rate(refused, refused_before, seconds):6.1f}")
+    lines.append(f"backlog      intake {g['backlog']}   outbox queued {o['queued']}   sent {o['sent']}   "
+                 f"unresolved {o['unresolved']}   ledger {snap['ledger']['retained']}/{snap['ledger']['capacity']}")
+    wait = snap["dispatcher"]["outbox_wait"]
+    wait_before = before["dispatcher"]["outbox_wait"]
+    wait_delta = [a - b for a, b in zip(wait["buckets"], wait_before["buckets"])]
+    lines.append(f"accept->confirm p50 {_quantile(wait_delta, snap['latency_bounds_us'], 0.5)}"
+                 f"   p99 {_quantile(wait_delta, snap['latency_bounds_us'], 0.99)}")
+    lines.append("")
+    lines.append(f"{'processor':10}{'breaker':11}{'failing':>8}{'delay':>8}{'sent/s':>9}{'stored/s':>10}"
+                 f"{'failed/s':>10}{'unknown/s':>11}{'lookups/s':>11}   send latency (last interval)")
     for name in PROCESSOR_NAMES:
-        cents = led[name]["totalCents"]
-        h = snap["health"][name]
-        print(f"  {name:8s}: {led[name]['totalRequests']} payments, {cents // 100}.{cents % 100:02d}; "
-              f"breaker {h['breaker_state']}, failing {h['failing']}, delay {h['min_response_ms']} ms, "
-              f"p90 {h['latency_p90_ms']} ms")
+        p, b = snap["processors"][name], before["processors"][name]
+        latency = [a - c for a, c in zip(p["send_latency"]["buckets"], b["send_latency"]["buckets"])]
+        count = sum(latency)
+        mean = (p["send_latency"]["sum_us"] - b["send_latency"]["sum_us"]) / count / 1000 if count else None
+        lines.append(
+            f"{name:10}{p['breaker_state'].replace('_', '-'):11}{'yes' if p['health']['failing'] else 'no':>8}"
+            f"{p['health']['min_response_ms']:>6}ms"
+            f"{_rate(p['attempts'], b['attempts'], seconds):9.1f}"
+            f"{_rate(p['outcomes']['stored'], b['outcomes']['stored'], seconds):10.1f}"
+            f"{_rate(p['outcomes']['failed'], b['outcomes']['failed'], seconds):10.1f}"
+            f"{_rate(p['outcomes']['unknown'], b['outcomes']['unknown'], seconds):11.1f}"
+            f"{_rate(sum(p['lookups'].values()), sum(b['lookups'].values()), seconds):11.1f}"
+            f"   " + ("-" if mean is None else
+                      f"mean {mean:.1f} ms, p90 {_quantile(latency, snap['latency_bounds_us'], 0.9)}"))
+    return "\n".join(lines)
+
+
+def watch(regions: SharedRegions, interval: float, count: int | None, out=None) -> None:
+    """Print :func:`watch_view` every ``interval`` seconds (``count`` times, or until interrupted)."""
+    out = out or sys.stdout
+    before = regions.read()
+    shown = 0
+    while count is None or shown < count:
+        time.sleep(interval)
+        snap = regions.read()
+        out.write((CLEAR if out.isatty() else "") + watch_view(snap, before) + "\n\n")
+        out.flush()
+        before = snap
+        shown += 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bruto-shm", description=__doc__.splitlines()[0])
     parser.add_argument("--shm-dir", help="shared directory (default: BRUTO_SHM_DIR or /dev/shm/bruto)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print one snapshot as JSON")
+    shown.add_argument("--watch", nargs="?", type=float, const=1.0, metavar="SECONDS",
+                       help="refresh a live view every SECONDS (default 1)")
+    parser.add_argument("--count", type=int, help="with --watch: stop after this many refreshes")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    if args.shm_dir:
-        settings = dataclasses.replace(settings, shm_dir=args.shm_dir)
     try:
-        snap = snapshot(settings)
-    except RegionError as error:
+        shm_dir = args.shm_dir or Settings.from_env().shm_dir
+        regions = SharedRegions(shm_dir)
+        if args.watch is not None:
+            if args.watch <= 0:
+                parser.error("--watch needs a positive number of seconds")
+            watch(regions, args.watch, args.count)
+        elif args.json:
+            print(json.dumps(regions.read(), indent=2))
+        else:
+            print(table(regions.read()))
+    except (RegionError, SettingError) as error:
         print(f"bruto-shm: {error}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(snap, indent=2))
-    else:
-        _print_table(snap)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `bruto-shm --watch | head`
+        return 0
     return 0
 
 

@@ -20,6 +20,13 @@ def parse_iso(text: str) -> int:
     other common forms: any fraction digits, ``Z`` or a numeric offset, a bare
     date. A value without an offset is taken as UTC, as the processors do.
 
+    It is also the parser of the ``requestedAt`` a processor's GET
+    /payments/{id} returns: PostgreSQL's ``timestamp`` (UTC, no zone) written
+    by System.Text.Json, without offset and with fraction digits only as far
+    as they are non-zero (``2025-07-15T12:34:56``, ``2025-07-15T12:34:56.5``,
+    ``2025-07-15T12:34:56.123456``); digits past the microsecond (.NET's
+    seventh) are dropped.
+
     Raises:
         ValueError: not an ISO-8601 date-time.
     """

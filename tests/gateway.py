@@ -30,6 +30,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children(pid: int) -> list[int]:
+    """PIDs of the live children of ``pid``, from /proc (no procps needed)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is the state, fields[1] the parent's PID.
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return sorted(found)
+
+
 def terminate(process: subprocess.Popen, timeout: float = 20.0) -> None:
     """SIGTERM a process we started and wait for it; SIGKILL it if it does not exit in time."""
     if process.poll() is None:
@@ -68,7 +85,11 @@ class Gateway:
         env["BRUTO_BIND"] = f"127.0.0.1:{port}"
         gateway = cls(env, port, str(tmp_path))
         gateway.gunicorn = gateway._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"])
-        gateway._wait_http()
+        try:
+            gateway._wait_http()
+        except BaseException:
+            gateway.stop()  # the caller never gets it to stop: do not leave gunicorn running
+            raise
         if dispatcher:
             gateway.start_dispatcher()
         return gateway
@@ -90,7 +111,9 @@ class Gateway:
             try:
                 self.http.get(self.url + "/payments-summary", timeout=1)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # A connection the arbiter's socket took before a worker booted
+                # can wait longer than the read timeout on a loaded machine.
                 time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not answer: {self.log('gunicorn')}")
 
@@ -99,9 +122,7 @@ class Gateway:
             return f.read()[-4000:]
 
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.gunicorn.pid)],
-                             capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
+        return children(self.gunicorn.pid)
 
     def pay(self, correlation_id=None, amount="19.90") -> requests.Response:
         correlation_id = correlation_id or uuid.uuid4()

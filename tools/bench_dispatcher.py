@@ -3,8 +3,9 @@
     python tools/bench_dispatcher.py [--payments 5000]
 
 Starts one emulator (delay 0), then in this process (gevent-patched):
-1. the CPU cost of one POST /payments through `requests.Session.post` and
-   through the urllib3 pool the session's adapter holds (what bruto uses),
+1. the CPU cost of one POST /payments through `requests.Session.post`,
+   through the urllib3 pool the session's adapter holds, and through
+   `ProcessorClient.pay` (bruto's own transport, whatever it is now),
    16 greenlets sending concurrently;
 2. a real `Dispatcher` over a fresh shared directory draining N pre-filled
    intake records to the emulator: CPU microseconds per payment and payments
@@ -25,6 +26,7 @@ import gevent  # noqa: E402
 import urllib3  # noqa: E402
 
 from bruto.config import Settings  # noqa: E402
+from bruto.dispatcher.processor import ProcessorClient  # noqa: E402
 from bruto.dispatcher.processor import make_session  # noqa: E402
 from bruto.dispatcher.service import Dispatcher  # noqa: E402
 from bruto.shm.intake import IntakeWriter  # noqa: E402
@@ -51,8 +53,14 @@ def client_cost(url: str, calls: int = 2000) -> dict[str, float]:
                             headers={**headers, "Content-Length": str(len(body))},
                             timeout=urllib3.Timeout(connect=1, read=7)).status
 
+    client = ProcessorClient(url, session)
+
+    def via_client():
+        return client.pay(uuid.uuid4().bytes, 1990, 1_752_582_896_000_000, 7.0)
+
     costs = {}
-    for name, call in (("requests.Session.post", via_session), ("urllib3 pool.urlopen", via_pool)):
+    for name, call in (("requests.Session.post", via_session), ("urllib3 pool.urlopen", via_pool),
+                       ("ProcessorClient.pay", via_client)):
         for _ in range(100):
             call()  # warm the connections
         started = time.process_time()

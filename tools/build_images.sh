@@ -3,16 +3,14 @@
 #
 #   tools/build_images.sh [--rebuild-bases] [--no-compose-build]
 #
-# 1. The base images that Dockerfile and docker-compose*.yml name, made locally
-#    from Debian bookworm with debootstrap + `docker import`, under the public
-#    names (skipped when the tag already exists, unless --rebuild-bases):
+# 1. The base image the Dockerfile names, made locally from Debian bookworm
+#    with debootstrap + `docker import`, under the public name (skipped when
+#    the tag already exists, unless --rebuild-bases):
 #      python:3.11-slim  bookworm minbase + python3 (3.11), pip, venv,
 #                        ca-certificates; `python` and `pip` on PATH and pip
 #                        allowed to install as root, as in the official image
-#      nginx:1.22        bookworm minbase + nginx 1.22 (Debian's package),
-#                        `nginx -g 'daemon off;'`, logs to stdout/stderr
-#    Where Docker Hub is reachable, the official images of those names work
-#    the same and this step is not needed.
+#    Where Docker Hub is reachable, the official image of that name works the
+#    same and this step is not needed.
 # 2. `docker compose build` of both compose files (the bruto image for
 #    docker-compose.yml, the bruto-emulator image for
 #    docker-compose.processors.yml), with this host's settings for reaching the
@@ -29,6 +27,13 @@
 #                build cannot see)
 #    Both default to empty files: on a machine that reaches the index
 #    directly, the build uses pip's defaults.
+#
+# Also, for the compose file's `metrics` profile (Prometheus beside bruto):
+#      prom/prometheus:v2.42.0
+#                        bookworm minbase + prometheus 2.42 (Debian's package),
+#                        laid out as the official image: entrypoint
+#                        /bin/prometheus, config /etc/prometheus/prometheus.yml,
+#                        data in /prometheus, user nobody, port 9090
 #
 # Needs: root, a running Docker engine with BuildKit (20.10 or newer), the
 # compose v2 plugin (`docker compose`), debootstrap.
@@ -50,7 +55,6 @@ for arg in "$@"; do
 done
 
 PYTHON_TAG=python:3.11-slim
-NGINX_TAG=nginx:1.22
 SUITE=bookworm
 
 log() { printf '[build_images] %s\n' "$*" >&2; }
@@ -106,6 +110,34 @@ import_root() {
     tar --numeric-owner -C "$root" -c . | docker import "${changes[@]}" - "$tag" >/dev/null
 }
 
+# The Prometheus stand-in (see the header), made here when its tag is missing.
+PROMETHEUS_TAG=prom/prometheus:v2.42.0
+build_prometheus_base() {
+    local root="$WORK/prometheus" version
+    bootstrap "$root" prometheus
+    version=$(chroot "$root" prometheus --version 2>&1 | head -n1)
+    case "$version" in
+        *"version 2.42."*) ;;
+        *) die "Debian's prometheus is '$version', not the 2.42 that $PROMETHEUS_TAG names" ;;
+    esac
+    # As the official image: data in /prometheus, owned by the user it runs as.
+    chroot "$root" install -d -o nobody -g nogroup /prometheus
+    finish_root "$root"
+    import_root "$root" "$PROMETHEUS_TAG" \
+        'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        'USER nobody' \
+        'WORKDIR /prometheus' \
+        'EXPOSE 9090' \
+        'ENTRYPOINT ["/bin/prometheus"]' \
+        'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]'
+}
+if [ "$REBUILD_BASES" = 0 ] && have_image "$PROMETHEUS_TAG"; then
+    log "$PROMETHEUS_TAG exists (--rebuild-bases to make it again)"
+else
+    build_prometheus_base
+fi
+docker run --rm "$PROMETHEUS_TAG" --version 2>&1 | head -n1 >&2
+
 build_python_base() {
     local root="$WORK/python"
     bootstrap "$root" python3,python3-venv,python3-pip,ca-certificates
@@ -122,29 +154,12 @@ build_python_base() {
         'CMD ["python3"]'
 }
 
-build_nginx_base() {
-    local root="$WORK/nginx"
-    bootstrap "$root" nginx
-    # As the official image: logs to the container's output.
-    ln -sf /dev/stdout "$root/var/log/nginx/access.log"
-    ln -sf /dev/stderr "$root/var/log/nginx/error.log"
-    finish_root "$root"
-    import_root "$root" "$NGINX_TAG" \
-        'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        'EXPOSE 80' \
-        'CMD ["nginx", "-g", "daemon off;"]'
-}
-
-for pair in "$PYTHON_TAG:build_python_base" "$NGINX_TAG:build_nginx_base"; do
-    tag=${pair%:*}; builder=${pair##*:}
-    if [ "$REBUILD_BASES" = 0 ] && have_image "$tag"; then
-        log "$tag exists (--rebuild-bases to make it again)"
-    else
-        "$builder"
-    fi
-done
+if [ "$REBUILD_BASES" = 0 ] && have_image "$PYTHON_TAG"; then
+    log "$PYTHON_TAG exists (--rebuild-bases to make it again)"
+else
+    build_python_base
+fi
 docker run --rm "$PYTHON_TAG" sh -c 'python --version && pip --version' >&2
-docker run --rm "$NGINX_TAG" nginx -v
 
 [ "$COMPOSE_BUILD" = 1 ] || exit 0
 
@@ -200,4 +215,4 @@ log "docker compose build"
 docker compose -f docker-compose.yml build
 docker compose -f docker-compose.processors.yml build
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \
-    | grep -E "^(bruto|bruto-emulator|python|nginx):" >&2
+    | grep -E "^(bruto|bruto-emulator|python):" >&2

@@ -12,6 +12,7 @@ else is imported. Importing this package patches nothing.
 - ``outcomes``: what a processor answered, as values.
 - ``health``: the service-health poller.
 - ``processor``: the HTTP client of one processor.
+- ``metrics``: the dispatcher's counters in shared memory (``metrics.bin``).
 
 docs/DISPATCHER.md has the transition table and what each promise rests on.
 """

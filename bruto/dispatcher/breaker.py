@@ -10,6 +10,8 @@ and :func:`write` move it between a row and a :class:`Breaker`, so a
 restarted dispatcher finds the breakers as they were and the inspector can
 show them. ``down_since`` is kept from the first opening until the breaker
 closes again: it is the clock the routing policy's patience is measured on.
+Every change of state is counted in the row's ``transitions`` (indexed by the
+state entered), for the metrics endpoint.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ def read(row) -> Breaker:
 
 
 def write(row, breaker: Breaker) -> None:
+    if breaker.state != int(row["breaker"]):
+        row["transitions"][breaker.state] += 1
     row["breaker"] = breaker.state
     row["consecutive_failures"] = breaker.failures
     row["down_since"] = breaker.down_since

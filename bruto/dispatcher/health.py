@@ -34,12 +34,14 @@ class HealthPoller:
         clients: a client per processor, with ``health()``.
         health_rows: the health table's records (``next_poll_at`` is the poller's).
         on_report: called as ``on_report(processor, Health, asked_at, now)`` with each report.
+        metrics: a bruto.dispatcher.metrics.DispatcherMetrics, or None.
     """
 
-    def __init__(self, clients, health_rows, on_report):
+    def __init__(self, clients, health_rows, on_report, metrics=None):
         self._clients = clients
         self._rows = health_rows
         self._on_report = on_report
+        self._metrics = metrics
 
     def run(self) -> None:
         while True:
@@ -62,6 +64,8 @@ class HealthPoller:
             log.exception("%s health call failed", PROCESSOR_NAMES[processor])
             return
         now = now_us()
+        if self._metrics is not None:
+            self._metrics.health_polled(processor, report)
         if isinstance(report, Health):
             self._on_report(processor, report, asked_at, now)
         elif isinstance(report, RateLimited):

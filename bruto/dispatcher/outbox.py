@@ -9,7 +9,7 @@ shell (bruto.dispatcher.service) carries out and answers with the matching
 event. Nothing here reads a clock, opens a socket or sleeps.
 
 The state is the shared regions (bruto.shm.layout): intake cursors, outbox
-entries, ledger, breakers, purge tickets. Every transition writes them in an
+entries, ledger, breakers, purge tickets, and the counters of metrics.bin. Every transition writes them in an
 order that a crash at any point leaves recoverable (docs/DISPATCHER.md has
 the argument); what lives in process memory (free list, ready queue, timers,
 the dedup index) is rebuilt from them by :meth:`Outbox.recover`.
@@ -52,6 +52,7 @@ from bruto.dispatcher import breaker
 from bruto.dispatcher import delays
 from bruto.dispatcher import routing
 from bruto.dispatcher.dedup import DedupIndex
+from bruto.dispatcher.metrics import DispatcherMetrics
 from bruto.dispatcher.outcomes import Health
 from bruto.dispatcher.outcomes import Outcome
 from bruto.dispatcher.outcomes import Stored
@@ -119,6 +120,7 @@ class Outbox:
     def __init__(self, regions: DispatcherRegions, policy: routing.Policy):
         self.policy = policy
         self.stats = regions.dispatch.counters
+        self.metrics = DispatcherMetrics(regions.metrics)
         self.in_flight = [0, 0]  # Sends out, per processor
         self._slabs = regions.intake
         self._cursors = regions.dispatch.records
@@ -178,6 +180,7 @@ class Outbox:
                 index = free[-1]
                 if dedup.insert(correlation_id, dedup.outbox_ref(index)) is not None:
                     self.stats["duplicates_dropped"] += 1
+                    self.metrics.duplicate_dropped()
                 else:
                     free.pop()
                     entry = entries[index]
@@ -216,6 +219,7 @@ class Outbox:
         """The answer to a :class:`Send` (or UNKNOWN if it ended any other way)."""
         processor = send.processor
         self.in_flight[processor] -= 1
+        self.metrics.answered(processor, outcome, elapsed_us)
         self._record_delay(processor, now, elapsed_us // 1000)  # how long this processor takes now
         if send.generation != self._generation[send.entry]:
             return
@@ -224,7 +228,7 @@ class Outbox:
         if outcome is Outcome.STORED:
             self._set_breaker(processor, breaker.succeeded)
             self._latencies[processor].append(elapsed_us // 1000)
-            self._confirm(index, processor, send.requested_at, send.amount_cents)
+            self._confirm(index, processor, send.requested_at, send.amount_cents, now)
         elif outcome is Outcome.FAILED:
             self.stats["failed"] += 1
             self._set_breaker(processor, breaker.failed, now)
@@ -248,11 +252,12 @@ class Outbox:
     def lookup_done(self, lookup: Lookup, found: Stored | Outcome | None, now: int) -> None:
         """The answer to a :class:`Lookup`: Stored, None (404), or Outcome.UNKNOWN."""
         index = lookup.entry
+        self.metrics.looked_up(lookup.processor, found)
         if lookup.generation != self._generation[index]:
             return
         entry = self._entries[index]
         if isinstance(found, Stored):
-            self._confirm(index, lookup.processor, found.requested_at, found.amount_cents)
+            self._confirm(index, lookup.processor, found.requested_at, found.amount_cents, now)
         elif found is None and self._absence_proven(index, lookup.asked_at):
             entry["state"] = QUEUED  # stored by no one: free to go anywhere, with a new requestedAt
             self._bump(index)
@@ -334,6 +339,7 @@ class Outbox:
             entry["requested_at"] = requested_at
             entry["sent_at"] = now
             entry["announced_ms"] = min(announced[processor], 2**31 - 1)
+            self.metrics.attempt(processor, int(entry["attempts"]))
             entry["attempts"] = min(int(entry["attempts"]) + 1, _MAX_ATTEMPTS)
             entry["state"] = SENT  # written before the request leaves
             self.in_flight[processor] += 1
@@ -348,8 +354,9 @@ class Outbox:
         self.stats["lookups"] += 1
         return Lookup(index, self._bump(index), int(entry["processor"]), entry["correlation_id"].tobytes(), now)
 
-    def _confirm(self, index: int, processor: int, requested_at: int, amount_cents: int) -> None:
-        correlation_id = self._entries[index]["correlation_id"].tobytes()
+    def _confirm(self, index: int, processor: int, requested_at: int, amount_cents: int, now: int) -> None:
+        entry = self._entries[index]
+        correlation_id = entry["correlation_id"].tobytes()
         slot = self._ledger.next_slot()
         evicted = self._ledger.append(correlation_id, requested_at, amount_cents, processor)
         if evicted is not None:
@@ -357,6 +364,7 @@ class Outbox:
             self._dedup.remove(evicted, self._dedup.ledger_ref(slot))
         self._dedup.move(correlation_id, self._dedup.outbox_ref(index), self._dedup.ledger_ref(slot))
         self.stats["stored"] += 1
+        self.metrics.confirmed(processor, amount_cents, now - int(entry["accepted_at"]))
         self._release(index, forget=False)  # after the ledger: a crash between finds the id there
 
     def _release(self, index: int, forget: bool) -> None:
@@ -453,6 +461,7 @@ class Outbox:
         states = self._entries["state"]
         states[states == QUEUED] = FREE
         self.stats["purges"] += 1
+        self.metrics.purged()
         self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]
 
     def _reindex(self, now: int, crashed: bool) -> None:

@@ -1,4 +1,8 @@
-"""HTTP client of one payment processor (CONTRACT.md §2), over a pooled requests.Session.
+"""HTTP client of one payment processor (docs/CHALLENGE.md §2).
+
+Payments go over a geventhttpclient connection pool (gevent's own sockets and
+a C parser); the control plane (health polls, lookups) over a pooled
+requests.Session.
 
 Every call returns a plain value (bruto.dispatcher.outcomes) saying what the
 processor did, never raises for network trouble: the dispatcher decides what
@@ -12,15 +16,17 @@ import uuid
 import orjson
 import requests
 import urllib3
+from geventhttpclient.connectionpool import ConnectionPool
+from geventhttpclient.response import HTTPParseError
+from geventhttpclient.response import HTTPSocketPoolResponse
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError
-from urllib3.exceptions import NewConnectionError
 
 from bruto.dispatcher.outcomes import Health
 from bruto.dispatcher.outcomes import Outcome
 from bruto.dispatcher.outcomes import RateLimited
 from bruto.dispatcher.outcomes import Stored
 from bruto.money import format_cents
+from bruto.money import parse_amount_cents
 from bruto.timefmt import format_iso_ms
 from bruto.timefmt import parse_iso
 
@@ -45,17 +51,20 @@ class ProcessorClient:
         self._session = session
         self._payments_url = self.base_url + "/payments"
         self._health_url = self.base_url + "/payments/service-health"
-        # NOTE: payments go through the urllib3 connection pool that the
-        # session's own adapter holds (same connections, same pool size), not
-        # through Session.post: the session layer (settings merging, cookie
-        # extraction, hooks, Response building) cost ~450 us of CPU per call
-        # against ~200 us for the pool (tools/bench_dispatcher.py; figures in
-        # docs/DISPATCHER.md),
-        # and the dispatcher's CPU is what limits how fast a backlog drains
-        # under the challenge's limits. Rare calls (health, lookups) keep the
-        # session API.
-        self._pool = session.get_adapter(self.base_url).poolmanager.connection_from_url(self.base_url)
-        self._payments_path = urllib3.util.parse_url(self._payments_url).path
+        # NOTE: payments go through geventhttpclient's connection pool, sized
+        # as the session's (one connection per sender): a request written as
+        # bytes, gevent sockets and a C parser cost about a third of the CPU of
+        # urllib3's pool, and half again less than Session.post
+        # (docs/BENCHMARKS.md); the dispatcher's CPU bounds how fast a backlog
+        # drains. Rare calls (health, lookups) keep the session API.
+        url = urllib3.util.parse_url(self.base_url)
+        port = url.port or 80
+        pool_size = session.get_adapter(self.base_url).poolmanager.connection_pool_kw.get("maxsize", 10)
+        self._pool = ConnectionPool(url.host, port, url.host, port, size=pool_size, connection_timeout=1.0)
+        self._payment_head = (
+            "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: "
+            % ((url.path or "") + "/payments", url.netloc)
+        ).encode("latin-1") + b"%d\r\n\r\n"
 
     def pay(self, correlation_id: bytes, amount_cents: int, requested_at: int, timeout_s: float) -> Outcome:
         body = b'{"correlationId":"%s","amount":%s,"requestedAt":"%s"}' % (
@@ -63,16 +72,27 @@ class ProcessorClient:
             format_cents(amount_cents).encode(),
             format_iso_ms(requested_at).encode(),
         )
+        pool = self._pool
         try:
-            response = self._pool.urlopen(
-                "POST", self._payments_path, body=body,
-                headers={"Content-Type": "application/json", "Content-Length": str(len(body))},
-                timeout=urllib3.Timeout(connect=1.0, read=timeout_s), retries=False, redirect=False)
-        except (NewConnectionError, ConnectTimeoutError):
+            sock = pool.get_socket()
+        except OSError:
             return Outcome.FAILED  # never connected: surely not sent, so surely not stored
-        except (urllib3.exceptions.HTTPError, OSError):
+        try:
+            sock.settimeout(timeout_s)
+            sock.sendall(self._payment_head % len(body) + body)
+        except BaseException:
+            pool.release_socket(sock)  # closes it
             return Outcome.UNKNOWN
-        status = response.status
+        try:
+            # Reads the head; the socket goes back to the pool once the
+            # answer is read whole, and is closed on any error.
+            response = HTTPSocketPoolResponse(sock, pool, method="POST")
+            status = response.status_code
+            if not response.message_complete:
+                response.read()
+                response.release()
+        except (HTTPParseError, OSError):
+            return Outcome.UNKNOWN
         if status < 300:
             return Outcome.STORED
         if status == 422:
@@ -96,7 +116,7 @@ class ProcessorClient:
             return Outcome.UNKNOWN
         try:
             stored = orjson.loads(response.content)
-            return Stored(parse_iso(stored["requestedAt"]), round(float(stored["amount"]) * 100))
+            return Stored(parse_iso(stored["requestedAt"]), parse_amount_cents(stored["amount"]))
         except (ValueError, KeyError, TypeError):
             return Outcome.UNKNOWN
 

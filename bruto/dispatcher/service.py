@@ -23,6 +23,7 @@ import sys
 import gevent
 
 from bruto.config import Settings
+from bruto.config import settings_or_exit
 from bruto.dispatcher import routing
 from bruto.dispatcher.health import HealthPoller
 from bruto.dispatcher.outbox import Lookup
@@ -71,7 +72,7 @@ class Dispatcher:
             clients = (ProcessorClient(settings.default_url, session),
                        ProcessorClient(settings.fallback_url, session))
         self.clients = clients
-        self.poller = HealthPoller(clients, self.regions.health.records, self._health_reported)
+        self.poller = HealthPoller(clients, self.regions.health.records, self._health_reported, self.outbox.metrics)
         self._purge_lock_path = purge_lock_path(settings)
 
     def recover(self) -> None:
@@ -159,7 +160,7 @@ def _hold_lock(settings: Settings) -> int:
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    settings = settings_or_exit("bruto-dispatcher")
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s")
     create_all(settings)

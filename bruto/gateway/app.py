@@ -7,12 +7,16 @@ so any worker of any instance answers them alike.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import falcon
 import orjson
 
 from bruto.config import Settings
+from bruto.gateway.counters import GatewayCounters
+from bruto.gateway.metrics import Metrics
+from bruto.gateway.validation import MAX_BODY
 from bruto.gateway.validation import InvalidPayment
 from bruto.gateway.validation import parse_payment
 from bruto.money import format_cents
@@ -32,8 +36,10 @@ def _error(resp: falcon.Response, status: int, message: str) -> None:
     resp.data = orjson.dumps({"error": message})
 
 
-def _serialize_http_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+def _serialize_http_error(counters: GatewayCounters, req: falcon.Request, resp: falcon.Response,
+                          error: falcon.HTTPError) -> None:
     """Falcon's own errors (404, 405, ...) in bruto's shape: ``{"error": "..."}``."""
+    counters.response(req.path, error.status_code)
     if error.status_code == 404:
         message = f"no such endpoint: {req.path}"
     elif error.status_code == 405:
@@ -46,27 +52,36 @@ def _serialize_http_error(req: falcon.Request, resp: falcon.Response, error: fal
 
 
 class Payments:
-    def __init__(self, intake: IntakeWriter):
+    def __init__(self, intake: IntakeWriter, counters: GatewayCounters):
         self._intake = intake
+        self._counters = counters
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            correlation_id, amount_cents = parse_payment(req.bounded_stream.read())
+            # NOTE: the raw stream, not req.bounded_stream (one object less per
+            # request): a read of at most one byte over the limit stops at the
+            # body's end with either worker bruto runs (bruto's hands the app a
+            # BytesIO of the whole body, gunicorn's a length-bounded Body), and a
+            # larger body gets its 413 from parse_payment.
+            correlation_id, amount_cents = parse_payment(req.stream.read(MAX_BODY + 1))
             self._intake.append(correlation_id, amount_cents, now_us())
         except InvalidPayment as error:
+            self._counters.rejection(error)
             _error(resp, error.status, error.message)
             return
         except IntakeFull:
+            self._counters.intake_full()
             # Refuse rather than accept what cannot be kept (accepted = durable).
             _error(resp, 503, "intake is full, retry later")
             resp.retry_after = 1
             return
-        resp.status = 202
+        resp.status = falcon.HTTP_202
 
 
 class Summary:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, counters: GatewayCounters):
         self._ledger = open_ledger(settings)
+        self._counters = counters
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         bounds = []
@@ -75,8 +90,10 @@ class Summary:
             try:
                 bounds.append(None if text is None else parse_iso(text))
             except ValueError:
+                self._counters.response(req.path, 400)
                 _error(resp, 400, f"{name} must be an ISO-8601 date-time, e.g. 2020-07-10T12:34:56.000Z")
                 return
+        self._counters.response(req.path, 200)
         found = ledger.totals(self._ledger, bounds[0], bounds[1])
         if found.truncated:
             # NOTE: the counts are still exact for what the ring holds; this says
@@ -97,8 +114,9 @@ class Purge:
     The protocol is in bruto.shm.intake (``request_purge``, ``cancel_purge``).
     """
 
-    def __init__(self, intake: IntakeWriter, timeout_s: float):
+    def __init__(self, intake: IntakeWriter, counters: GatewayCounters, timeout_s: float):
         self._intake = intake
+        self._counters = counters
         self._timeout_s = timeout_s
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -106,16 +124,19 @@ class Purge:
         done = self._wait(ticket, self._timeout_s)
         if not done:
             if self._intake.cancel_purge(ticket):
+                self._counters.response(req.path, 503)
                 _error(resp, 503, "the dispatcher did not carry out the purge in time; nothing was purged "
                                   "(is bruto-dispatcher running?)")
                 return
             done = self._wait(ticket, self._timeout_s)  # committed just now: it ends within moments
         if not done:
             # Committed, but the dispatcher stopped before the end: the next one finishes it first.
+            self._counters.response(req.path, 202)
             resp.status = 202
             resp.content_type = JSON
             resp.data = b'{"message":"Purge committed; the dispatcher completes it when it restarts."}'
             return
+        self._counters.response(req.path, 200)
         resp.content_type = JSON
         resp.data = b'{"message":"All payments purged."}'
 
@@ -132,10 +153,13 @@ def create_app(settings: Settings | None = None) -> falcon.App:
     """Build the app for one worker: claims an intake slot and maps the ledger."""
     settings = settings or Settings.from_env()
     intake = IntakeWriter(settings)
+    counters = GatewayCounters(intake.slab)
+    counters.claim_process()
     app = falcon.App(media_type=JSON)
     app.req_options.auto_parse_qs_csv = False
-    app.set_error_serializer(_serialize_http_error)
-    app.add_route("/payments", Payments(intake))
-    app.add_route("/payments-summary", Summary(settings))
-    app.add_route("/purge-payments", Purge(intake, settings.purge_timeout_s))
+    app.set_error_serializer(functools.partial(_serialize_http_error, counters))
+    app.add_route("/payments", Payments(intake, counters))
+    app.add_route("/payments-summary", Summary(settings, counters))
+    app.add_route("/purge-payments", Purge(intake, counters, settings.purge_timeout_s))
+    app.add_route("/metrics", Metrics(settings.shm_dir, counters))
     return app

@@ -8,10 +8,10 @@ the reason beside it.
 
 import gc
 
-from bruto.config import Settings
+from bruto.config import settings_or_exit
 from bruto.shm.layout import create_all
 
-_settings = Settings.from_env()
+_settings = settings_or_exit("gunicorn (bruto.gateway.gunicorn_conf)")
 
 wsgi_app = "bruto.gateway.wsgi:app"
 bind = [_settings.bind]

@@ -13,14 +13,35 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import struct
 import time
 
+import numpy as np
+
 from bruto.config import Settings
+from bruto.shm.layout import DISPATCH
+from bruto.shm.layout import INTAKE
 from bruto.shm.layout import intake_path
 from bruto.shm.layout import open_dispatch
 from bruto.shm.layout import open_intake
 from bruto.shm.layout import open_ledger
 from bruto.shm.region import Region
+
+# One intake record as bytes, field for field as INTAKE.record lays it out
+# (checked below): the hot path writes it with one pack_into.
+_RECORD = struct.Struct("<16sqq")
+if [INTAKE.record.fields[name][1] for name in INTAKE.record.names] != [0, 16, 24] or \
+        INTAKE.record.itemsize != _RECORD.size:
+    raise ImportError("bruto.shm.intake: _RECORD no longer matches INTAKE.record")
+
+
+def _words(row: np.void) -> memoryview:
+    """The int64 words of one row of a mapped structured array, as a memoryview.
+
+    ``row`` is a view (a field read or write goes to the mapping); its words
+    read and write the same memory without numpy's per-access machinery.
+    """
+    return memoryview(row.base.view(np.uint8)).cast("q")
 
 
 class NoFreeSlot(RuntimeError):
@@ -58,6 +79,16 @@ class IntakeWriter:
         self._records = self.slab.records
         self._cursor = dispatch.records[self.slot]
         self._counters["owner_pid"] = os.getpid()
+        # NOTE: the hot path (append) reads and writes through plain views of
+        # the same memory: a numpy field access costs several µs when the
+        # caches are cold, as they are for most requests (docs/BENCHMARKS.md,
+        # issue 14). ``written`` is word 0 of the counters; ``drained`` is word
+        # 0 of this slot's dispatch record.
+        self._record_bytes = memoryview(self._records.view(np.uint8))
+        self._counter_words = _words(self._counters)
+        self._written_word = INTAKE.counters.fields["written"][1] // 8
+        self._cursor_words = memoryview(dispatch.records.view(np.uint8)).cast("q")
+        self._drained_word = (self.slot * DISPATCH.record.itemsize + DISPATCH.record.fields["drained"][1]) // 8
 
     def append(self, correlation_id: bytes, amount_cents: int, accepted_at: int) -> None:
         """Publish one payment; raise :class:`IntakeFull` when there is no room.
@@ -65,14 +96,13 @@ class IntakeWriter:
         Fields first, then ``written``: see bruto.shm.region for why that order is
         enough for the dispatcher to never read a half-written record.
         """
-        written = int(self._counters["written"])
-        if written - int(self._cursor["drained"]) >= self._capacity:
+        counters = self._counter_words
+        written = counters[self._written_word]
+        if written - self._cursor_words[self._drained_word] >= self._capacity:
             raise IntakeFull(f"intake slot {self.slot} holds {self._capacity} undrained payments")
-        record = self._records[written % self._capacity]
-        record["correlation_id"] = correlation_id
-        record["amount_cents"] = amount_cents
-        record["accepted_at"] = accepted_at
-        self._counters["written"] = written + 1
+        _RECORD.pack_into(self._record_bytes, (written % self._capacity) * _RECORD.size,
+                          correlation_id, amount_cents, accepted_at)
+        counters[self._written_word] = written + 1
 
     # -- POST /purge-payments --------------------------------------------------
     #

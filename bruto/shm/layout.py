@@ -7,6 +7,13 @@
 | outbox       | outbox.bin    | dispatcher           | payments between intake and confirmation |
 | ledger       | ledger.bin    | dispatcher           | payments a processor confirmed (a ring)  |
 | health       | health.bin    | the elected poller   | one row per processor                    |
+| metrics      | metrics.bin   | dispatcher           | the dispatcher's counters, per processor |
+
+Counters for the metrics endpoint and the inspector live with their writer: a
+web worker counts its answers in its own intake slab's counters (beside
+``written``), the dispatcher in ``metrics.bin``, the breakers in their health
+rows. Each array below is indexed by a vocabulary declared next to it, so the
+writers and the readers (bruto.shm.snapshot) agree on what index means what.
 
 Time is integer microseconds since the Unix epoch (UTC); money is integer cents.
 """
@@ -30,10 +37,37 @@ PROCESSOR_NAMES = ("default", "fallback")
 # Most intake slots a directory can have: a purge request records where every
 # slot stood when it was asked, in a fixed-size field of the asking slab.
 MAX_INTAKE_SLOTS = 64
+# A web worker's answers, counted in its intake slab by route and status.
+# POST /payments answered 202 is not counted there: each one is exactly one
+# record published (``written``), so the hot path pays nothing for it, and
+# its refusals are counted by reason (REJECTIONS) instead.
+ROUTES = ("payments", "payments_summary", "purge_payments", "metrics", "other")
+ROUTE_OF_PATH = {"/payments": 0, "/payments-summary": 1, "/purge-payments": 2, "/metrics": 3}
+OTHER_ROUTE = 4
+STATUSES = (200, 202, 400, 404, 405, 413, 422, 500, 503)
+OTHER_STATUS = len(STATUSES)  # the array has one more column, for any status not listed
+# Why POST /payments refused a payment (reason, the status answered): the
+# rows of bruto.gateway.validation's table, and a full intake.
+REJECTIONS = (
+    ("body_too_large", 413),
+    ("invalid_json", 400),
+    ("not_an_object", 400),
+    ("correlation_id_missing", 422),
+    ("correlation_id_invalid", 422),
+    ("amount_missing", 422),
+    ("amount_not_a_number", 422),
+    ("amount_not_positive", 422),
+    ("amount_too_precise", 422),
+    ("amount_too_large", 422),
+    ("intake_full", 503),
+)
+# Answers the worker gives before any route is known (malformed HTTP, limits,
+# an app that failed), by status: they never reach the app.
+PROTOCOL_ERRORS = (400, 413, 414, 431, 500)
 
 INTAKE = Layout(
     kind=b"intake",
-    version=2,
+    version=3,
     counters=np.dtype([
         ("written", "<i8"),         # records published; the next one goes at written % capacity
         ("owner_pid", "<i8"),       # informational: the worker that holds the slot now
@@ -45,6 +79,11 @@ INTAKE = Layout(
         ("purge_cancelled", "<i8"),
         ("purge_ledger_below", "<i8"),
         ("purge_below", "<i8", (MAX_INTAKE_SLOTS,)),
+        # Counted by whichever worker holds the slot: they add up over its
+        # successive owners, so they only grow (Prometheus counters).
+        ("responses", "<i8", (len(ROUTES), len(STATUSES) + 1)),
+        ("rejections", "<i8", (len(REJECTIONS),)),
+        ("protocol_errors", "<i8", (len(PROTOCOL_ERRORS),)),
     ]),
     record=np.dtype([
         ("correlation_id", "V16"),  # UUID bytes
@@ -131,7 +170,7 @@ DELAY_SECONDS = 64
 
 HEALTH = Layout(
     kind=b"health",
-    version=2,
+    version=3,
     counters=np.dtype([
         ("poller_pid", "<i8"),
     ]),
@@ -151,12 +190,60 @@ HEALTH = Layout(
         ("delay_second", "<i8"),        # the latest second recorded
         ("delay_before_ms", "<i8"),     # the largest of every second the ring has forgotten
         ("delay_ms", "<i8", (DELAY_SECONDS,)),
+        ("transitions", "<i8", (3,)),   # times the breaker entered each state (indexed by state)
+    ]),
+)
+
+# What the dispatcher counts (METRICS). Outcomes are bruto.dispatcher.processor.Outcome's values.
+OUTCOMES = ("stored", "duplicate", "failed", "rejected", "unknown")
+LOOKUP_RESULTS = ("found", "not_found", "unknown")
+HEALTH_POLL_RESULTS = ("ok", "rate_limited", "failed")
+# Upper bounds (inclusive, microseconds) of the latency histograms' buckets,
+# from a fast local answer to the slowest the official test configures (5 s)
+# and a payment waiting out an outage (tens of seconds); one more bucket
+# counts what lies beyond the last bound.
+LATENCY_BOUNDS_US = (
+    250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
+    1_000_000, 2_000_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+)
+_BUCKETS = len(LATENCY_BOUNDS_US) + 1
+
+METRICS = Layout(
+    kind=b"metrics",
+    version=1,
+    counters=np.dtype([
+        ("duplicates_dropped", "<i8"),  # intake records whose correlationId was already taken
+        ("purges", "<i8"),
+        # From acceptance (the 202) to the confirmation recorded in the ledger.
+        ("outbox_wait_sum_us", "<i8"),
+        ("outbox_wait_buckets", "<i8", (_BUCKETS,)),
+    ]),
+    # One row per processor (DEFAULT, FALLBACK); every field only grows.
+    record=np.dtype([
+        ("attempts", "<i8"),            # POSTs sent
+        ("retries", "<i8"),             # of which not the payment's first attempt
+        ("outcomes", "<i8", (len(OUTCOMES),)),
+        ("lookups", "<i8", (len(LOOKUP_RESULTS),)),
+        ("confirmed", "<i8"),           # payments recorded in the ledger for this processor
+        ("confirmed_cents", "<i8"),
+        ("health_polls", "<i8", (len(HEALTH_POLL_RESULTS),)),
+        ("send_sum_us", "<i8"),         # time each POST took, whatever its outcome
+        ("send_buckets", "<i8", (_BUCKETS,)),
     ]),
 )
 
 
 def intake_path(settings: Settings, slot: int) -> str:
-    return os.path.join(settings.shm_dir, f"intake-{slot:02d}.bin")
+    return slab_path(settings.shm_dir, slot)
+
+
+def slab_path(shm_dir: str, slot: int) -> str:
+    return os.path.join(shm_dir, f"intake-{slot:02d}.bin")
+
+
+def region_path(shm_dir: str, layout: Layout) -> str:
+    """The file of a one-file region: named after its kind (``ledger.bin``)."""
+    return os.path.join(shm_dir, layout.kind.decode() + ".bin")
 
 
 def open_intake(settings: Settings, slot: int) -> Region:
@@ -164,19 +251,23 @@ def open_intake(settings: Settings, slot: int) -> Region:
 
 
 def open_dispatch(settings: Settings) -> Region:
-    return Region.open(os.path.join(settings.shm_dir, "dispatch.bin"), DISPATCH, settings.intake_slots)
+    return Region.open(region_path(settings.shm_dir, DISPATCH), DISPATCH, settings.intake_slots)
 
 
 def open_outbox(settings: Settings) -> Region:
-    return Region.open(os.path.join(settings.shm_dir, "outbox.bin"), OUTBOX, settings.outbox_capacity)
+    return Region.open(region_path(settings.shm_dir, OUTBOX), OUTBOX, settings.outbox_capacity)
 
 
 def open_ledger(settings: Settings) -> Region:
-    return Region.open(os.path.join(settings.shm_dir, "ledger.bin"), LEDGER, settings.ledger_capacity)
+    return Region.open(region_path(settings.shm_dir, LEDGER), LEDGER, settings.ledger_capacity)
 
 
 def open_health(settings: Settings) -> Region:
-    return Region.open(os.path.join(settings.shm_dir, "health.bin"), HEALTH, len(PROCESSOR_NAMES))
+    return Region.open(region_path(settings.shm_dir, HEALTH), HEALTH, len(PROCESSOR_NAMES))
+
+
+def open_metrics(settings: Settings) -> Region:
+    return Region.open(region_path(settings.shm_dir, METRICS), METRICS, len(PROCESSOR_NAMES))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,11 +279,13 @@ class DispatcherRegions:
     outbox: Region
     ledger: Region
     health: Region
+    metrics: Region
 
     @classmethod
     def open(cls, settings: Settings) -> "DispatcherRegions":
         return cls([open_intake(settings, slot) for slot in range(settings.intake_slots)],
-                   open_dispatch(settings), open_outbox(settings), open_ledger(settings), open_health(settings))
+                   open_dispatch(settings), open_outbox(settings), open_ledger(settings), open_health(settings),
+                   open_metrics(settings))
 
     @classmethod
     def in_memory(cls, intake_slots: int, intake_capacity: int, outbox_capacity: int,
@@ -200,7 +293,8 @@ class DispatcherRegions:
         """The same regions in process memory, for tests of the dispatcher's logic."""
         return cls([Region.in_memory(INTAKE, intake_capacity) for _ in range(intake_slots)],
                    Region.in_memory(DISPATCH, intake_slots), Region.in_memory(OUTBOX, outbox_capacity),
-                   Region.in_memory(LEDGER, ledger_capacity), Region.in_memory(HEALTH, len(PROCESSOR_NAMES)))
+                   Region.in_memory(LEDGER, ledger_capacity), Region.in_memory(HEALTH, len(PROCESSOR_NAMES)),
+                   Region.in_memory(METRICS, len(PROCESSOR_NAMES)))
 
 
 def create_all(settings: Settings) -> None:
@@ -213,3 +307,4 @@ def create_all(settings: Settings) -> None:
     open_outbox(settings)
     open_ledger(settings)
     open_health(settings)
+    open_metrics(settings)

@@ -100,8 +100,11 @@ class Region:
         header = mapping[:HEADER_SIZE].view(HEADER)[0]
         self.capacity = int(header["capacity"])
         counters_end = layout.records_offset
-        # A 0-d view: `counters["written"]` reads and writes shared memory.
-        self.counters = mapping[HEADER_SIZE:HEADER_SIZE + layout.counters.itemsize].view(layout.counters)[0]
+        # The counters row as a 1-element array, whose fields are arrays over
+        # shared memory (for writers that keep views of single fields), and
+        # as a 0-d view: `counters["written"]` reads and writes shared memory.
+        self.counters_array = mapping[HEADER_SIZE:HEADER_SIZE + layout.counters.itemsize].view(layout.counters)
+        self.counters = self.counters_array[0]
         if layout.columnar:
             self.records = None
             self.columns = {}
@@ -114,8 +117,11 @@ class Region:
             self.records = mapping[counters_end:counters_end + self.capacity * layout.record.itemsize].view(layout.record)
 
     @classmethod
-    def attach(cls, path: str, layout: Layout, capacity: int | None = None) -> "Region":
+    def attach(cls, path: str, layout: Layout, capacity: int | None = None, writable: bool = True) -> "Region":
         """Map an existing region, refusing anything that does not match.
+
+        ``writable=False`` maps it read-only (readers such as the inspector:
+        a stray write then raises instead of corrupting shared memory).
 
         Raises:
             RegionError: the file is missing, too short, or its header names
@@ -125,9 +131,14 @@ class Region:
             size = os.path.getsize(path)
         except FileNotFoundError:
             raise RegionError(f"{path}: region file does not exist") from None
+        except OSError as error:
+            raise RegionError(f"{path}: {error.strerror or error}") from None
         if size < HEADER_SIZE:
             raise RegionError(f"{path}: {size} bytes is too short for a region header")
-        mapping = np.memmap(path, dtype=np.uint8, mode="r+")
+        try:
+            mapping = np.memmap(path, dtype=np.uint8, mode="r+" if writable else "r")
+        except OSError as error:  # a directory, no permission, ...
+            raise RegionError(f"{path}: cannot map it: {error.strerror or error}") from None
         header = mapping[:HEADER_SIZE].view(HEADER)[0]
         problems = []
         if header["magic"] != MAGIC:

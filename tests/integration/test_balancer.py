@@ -12,6 +12,7 @@ import time
 import pytest
 from gateway import REPO
 from gateway import Client
+from gateway import children
 from gateway import free_port
 from gateway import payment
 from gateway import terminate
@@ -148,7 +149,7 @@ def test_the_instance_socket_still_serves_plain_http_with_keep_alive_and_pipelin
 
 
 def worker_of(instance: subprocess.Popen) -> int:
-    return int(subprocess.check_output(["pgrep", "-P", str(instance.pid)]).split()[0])
+    return children(instance.pid)[0]
 
 
 def test_a_worker_stopping_gracefully_loses_no_connection(topology):

@@ -20,15 +20,6 @@ from gateway import iso
 pytestmark = pytest.mark.slow  # real processes
 
 
-@pytest.fixture
-def gateway(tmp_path, clean_processors):
-    gw = Gateway.start(tmp_path, clean_processors, workers=2)
-    try:
-        yield gw
-    finally:
-        gw.stop()
-
-
 def pay_concurrently(gateway: Gateway, ids, threads: int = 64) -> list[str]:
     """POST every id at once from a thread pool; return the ids answered 2XX."""
     local = threading.local()
@@ -121,9 +112,9 @@ def test_the_inspector_shows_what_shared_memory_holds(gateway, clean_processors)
     shown = subprocess.run([sys.executable, "-m", "bruto.inspector", "--json", "--shm-dir", gateway.env["BRUTO_SHM_DIR"]],
                            capture_output=True, text=True, check=True)
     snap = json.loads(shown.stdout)
-    assert snap["ledger"]["default"] == {"totalRequests": 3, "totalCents": 750}
-    assert snap["dispatcher"]["dispatcher_alive"] is True
-    assert snap["dispatcher"]["stored"] == 3
+    assert snap["processors"]["default"]["ledger"] == {"totalRequests": 3, "totalCents": 750}
+    assert snap["dispatcher"]["alive"] is True
+    assert snap["processors"]["default"]["confirmed"] == 3
     assert sum(slab["written"] for slab in snap["intake"]) == 3
     assert sum(slab["backlog"] for slab in snap["intake"]) == 0
     table = subprocess.run([sys.executable, "-m", "bruto.inspector", "--shm-dir", gateway.env["BRUTO_SHM_DIR"]],
@@ -147,7 +138,7 @@ def test_purge_without_a_dispatcher_says_so(tmp_path, clean_processors):
         shown = subprocess.run([sys.executable, "-m", "bruto.inspector", "--json", "--shm-dir", gw.env["BRUTO_SHM_DIR"]],
                                capture_output=True, text=True, check=True)
         snap = json.loads(shown.stdout)
-        assert snap["dispatcher"]["dispatcher_alive"] is False
+        assert snap["dispatcher"]["alive"] is False
         assert [slab["owner_alive"] for slab in snap["intake"]].count(True) == 1  # the one worker
     finally:
         gw.stop()

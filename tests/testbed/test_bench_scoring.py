@@ -1,4 +1,4 @@
-"""The scoring of CONTRACT.md §4, checked on a summary recorded by tools/rinha.js."""
+"""The scoring of docs/CHALLENGE.md §4, checked on a summary recorded by rinha.js."""
 
 import copy
 import json
@@ -45,7 +45,7 @@ def test_recorded_run(summary):
 
 
 def test_bonus_from_p99(summary):
-    # 1 ms gives the 20% of CONTRACT.md's example; 11 ms and above give none.
+    # 1 ms gives the 20% of CHALLENGE.md §4's example; 11 ms and above give none.
     assert score(with_p99(summary, 1.0))["bonus"] == 0.2
     assert score(with_p99(summary, 1.0))["total_liquido"] == round(257386.6 * 0.95 * 1.2, 2)
     assert score(with_p99(summary, 3.5))["bonus"] == 0.15

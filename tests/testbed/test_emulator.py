@@ -1,6 +1,6 @@
 """The processor emulator over real HTTP, against real processes.
 
-Each test pins one behaviour of CONTRACT.md section 2 (docs/EMULATOR.md maps
+Each test pins one behaviour of docs/CHALLENGE.md §2 (docs/EMULATOR.md maps
 them). Durations are asserted only where they are the behaviour: a request
 waits out its delay, a queued health call is served in a later window.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import decimal
 import json
+import socket
 import time
 import uuid
 
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.slow  # real processes
 
 TOKEN = {"X-Rinha-Token": "123"}
 AT = "2025-07-15T12:34:56.000Z"
+JSON_UTF8 = "application/json; charset=utf-8"
 
 
 def post_payment(url: str, correlation_id: str | None = None, amount: object = 19.90,
@@ -27,6 +29,22 @@ def post_payment(url: str, correlation_id: str | None = None, amount: object = 1
     body = {"correlationId": correlation_id or str(uuid.uuid4()), "amount": amount,
             "requestedAt": requested_at}
     return requests.post(f"{url}/payments", json=body, timeout=timeout)
+
+
+def post_raw(url: str, body: str) -> requests.Response:
+    """POST /payments with a body exactly as written (numbers keep their spelling)."""
+    return requests.post(f"{url}/payments", data=body.encode(),
+                         headers={"Content-Type": "application/json"}, timeout=10)
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """Sends raw bytes on a new connection; returns all the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
 
 
 def exact(text: str) -> dict:
@@ -75,14 +93,16 @@ def test_clean_processors_resets_delay_failure_token_and_payments(clean_processo
 def test_payment_is_stored_and_read_back_by_id(clean_processors):
     processor = clean_processors.default
     correlation_id = str(uuid.uuid4())
-    response = post_payment(processor.url, correlation_id, 19.90, "2025-07-15T12:34:56.123Z")
+    response = post_raw(processor.url, f'{{"correlationId":"{correlation_id}","amount":19.90,'
+                                       f'"requestedAt":"2025-07-15T12:34:56.123Z"}}')
     assert response.status_code == 200
     assert response.json() == {"message": "payment processed successfully"}
     stored = requests.get(f"{processor.url}/payments/{correlation_id}", timeout=10)
     assert stored.status_code == 200
-    assert exact(stored.text) == {"correlationId": correlation_id,
-                                  "amount": decimal.Decimal("19.90"),
-                                  "requestedAt": "2025-07-15T12:34:56.123Z"}
+    # The real service's spelling: the amount as sent (19.90), the timestamp
+    # without offset (PostgreSQL timestamp through System.Text.Json).
+    assert stored.text == (f'{{"correlationId":"{correlation_id}","amount":19.90,'
+                           f'"requestedAt":"2025-07-15T12:34:56.123"}}')
     assert processor.get_payment(str(uuid.uuid4())) is None  # 404
     # Stored on the processor it was sent to only.
     assert clean_processors.fallback.get_payment(correlation_id) is None
@@ -105,27 +125,45 @@ def test_duplicate_correlation_id_is_422_with_a_message_and_changes_nothing(clea
 
 
 @pytest.mark.parametrize("sent, stored", [
-    (19.9, "19.90"), (19.905, "19.91"), (19.904, "19.90"), (0.005, "0.01"),
-    (1.999, "2.00"), (7, "7.00"), (-0.005, "-0.01"), (123456789.125, "123456789.13"),
+    # decimal.Round(amount, 2): banker's rounding of a third decimal.
+    ("19.905", "19.90"), ("19.915", "19.92"), ("19.904", "19.90"), ("0.005", "0.00"),
+    ("0.015", "0.02"), ("1.999", "2.00"), ("-0.005", "0.00"), ("123456789.125", "123456789.12"),
+    ("1.0000", "1.00"),
+    # Two decimals or fewer: the value keeps its own scale.
+    ("19.90", "19.90"), ("19.9", "19.9"), ("7", "7"), ("10", "10"), ("0.00", "0.00"),
+    # Exponents are applied.
+    ("1e2", "100"), ("1E+2", "100"), ("1.5e-1", "0.15"), ("1990e-2", "19.90"),
+    # Numeric strings, read as numbers (System.Text.Json web defaults).
+    ('"7.5"', "7.5"), ('"19.90"', "19.90"), ('"1e2"', "100"), ('"19.905"', "19.90"),
+    ('"+7.5"', "7.5"), ('".5"', "0.5"), ('"5."', "5"),
 ])
-def test_amount_is_stored_rounded_to_two_decimals_half_away_from_zero(
+def test_amount_is_stored_as_a_decimal_rounded_half_to_even_keeping_its_scale(
         clean_processors, sent, stored):
     processor = clean_processors.default
     correlation_id = str(uuid.uuid4())
-    assert post_payment(processor.url, correlation_id, sent).status_code == 200
+    response = post_raw(processor.url, f'{{"correlationId":"{correlation_id}","amount":{sent},'
+                                       f'"requestedAt":"{AT}"}}')
+    assert response.status_code == 200
     row = requests.get(f"{processor.url}/payments/{correlation_id}", timeout=10).text
     assert f'"amount":{stored},' in row
-    assert exact(processor.admin_summary_text())["totalAmount"] == decimal.Decimal(stored)
+    assert f'"totalAmount":{stored},' in processor.admin_summary_text()
 
 
 @pytest.mark.parametrize("sent, shown", [
-    ("2025-07-15T12:34:56.123456Z", "2025-07-15T12:34:56.123456Z"),
-    ("2025-07-15T12:34:56.000Z", "2025-07-15T12:34:56Z"),
-    ("2025-07-15T12:34:56.5Z", "2025-07-15T12:34:56.5Z"),
-    ("2025-07-15T12:34:56.000001+00:00", "2025-07-15T12:34:56.000001Z"),
-    ("2025-07-15T09:34:56.000-03:00", "2025-07-15T12:34:56Z"),
+    ("2025-07-15T12:34:56.123456Z", "2025-07-15T12:34:56.123456"),
+    ("2025-07-15T12:34:56.000Z", "2025-07-15T12:34:56"),
+    ("2025-07-15T12:34:56.5Z", "2025-07-15T12:34:56.5"),
+    ("2025-07-15T12:34:56.1234567Z", "2025-07-15T12:34:56.123456"),  # truncated, not rounded
+    ("2025-07-15T12:34:56.9999999Z", "2025-07-15T12:34:56.999999"),
+    ("2025-07-15T12:34:56.000001+00:00", "2025-07-15T12:34:56.000001"),
+    ("2025-07-15T09:34:56.000-03:00", "2025-07-15T12:34:56"),  # converted to UTC
+    ("2025-07-15T14:34+02", "2025-07-15T12:34:00"),
+    ("2025-07-15T12:34:56", "2025-07-15T12:34:56"),
+    ("2025-07-15T12:34", "2025-07-15T12:34:00"),
+    ("2025-07-15", "2025-07-15T00:00:00"),  # a date alone is midnight
 ])
-def test_requested_at_is_stored_at_microsecond_precision(clean_processors, sent, shown):
+def test_requested_at_is_stored_as_a_timestamp_and_read_back_without_offset(
+        clean_processors, sent, shown):
     processor = clean_processors.default
     correlation_id = str(uuid.uuid4())
     assert post_payment(processor.url, correlation_id, requested_at=sent).status_code == 200
@@ -147,14 +185,25 @@ def test_summary_bounds_are_exact_to_the_microsecond(clean_processors):
     b"{not json",
     b"[]",
     b"null",
-    b'{"amount": 19.9, "requestedAt": "2025-07-15T12:34:56.000Z"}',
+    b"",
+    b'{"correlationId": null, "amount": 19.9, "requestedAt": "2025-07-15T12:34:56.000Z"}',
     b'{"correlationId": "nope", "amount": 19.9, "requestedAt": "2025-07-15T12:34:56.000Z"}',
     b'{"correlationId": 12, "amount": 19.9, "requestedAt": "2025-07-15T12:34:56.000Z"}',
-    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "requestedAt": "2025-07-15T12:34:56.000Z"}',
-    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": "19.9", "requestedAt": "2025-07-15T12:34:56.000Z"}',
+    b'{"correlationId": "4a7901b87d264d9daa194dc1c7cf60b3", "amount": 19.9, "requestedAt": "2025-07-15T12:34:56.000Z"}',
+    b'{"correlationId": "{4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3}", "amount": 19.9, "requestedAt": "2025-07-15T12:34:56.000Z"}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": null, "requestedAt": "2025-07-15T12:34:56.000Z"}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": "19,9", "requestedAt": "2025-07-15T12:34:56.000Z"}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": " 19.9", "requestedAt": "2025-07-15T12:34:56.000Z"}',
     b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": true, "requestedAt": "2025-07-15T12:34:56.000Z"}',
-    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 19.9}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": NaN, "requestedAt": "2025-07-15T12:34:56.000Z"}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 1e400, "requestedAt": "2025-07-15T12:34:56.000Z"}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 19.9, "requestedAt": null}',
     b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 19.9, "requestedAt": "yesterday"}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 19.9, "requestedAt": "2025-07-15 12:34:56"}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 19.9, "requestedAt": "2025-07-15T12:34:56+15:00"}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 19.9, "requestedAt": "2025-07-15T12"}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 19.9, "requestedAt": "2025-02-30"}',
+    b'{"correlationId": "4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3", "amount": 19.9, "requestedAt": 1752582896}',
 ])
 def test_malformed_payment_is_400_and_stores_nothing(clean_processors, body):
     processor = clean_processors.default
@@ -163,6 +212,33 @@ def test_malformed_payment_is_400_and_stores_nothing(clean_processors, body):
     assert response.status_code == 400
     assert response.json()["status"] == 400
     assert processor.admin_summary()["totalRequests"] == 0
+
+
+def test_missing_fields_take_the_dotnet_defaults(clean_processors):
+    processor = clean_processors.default
+    assert post_raw(processor.url, "{}").status_code == 200
+    empty_guid = "00000000-0000-0000-0000-000000000000"
+    assert requests.get(f"{processor.url}/payments/{empty_guid}", timeout=10).text == (
+        f'{{"correlationId":"{empty_guid}","amount":0,"requestedAt":"0001-01-01T00:00:00"}}')
+    assert post_raw(processor.url, '{"amount": 5}').status_code == 422  # the empty GUID again
+    correlation_id = str(uuid.uuid4())
+    assert post_raw(processor.url, f'{{"correlationId":"{correlation_id}"}}').status_code == 200
+    assert processor.get_payment(correlation_id) == {
+        "correlationId": correlation_id, "amount": 0, "requestedAt": "0001-01-01T00:00:00"}
+
+
+def test_property_names_match_case_insensitively(clean_processors):
+    processor = clean_processors.default
+    correlation_id = str(uuid.uuid4())
+    body = (f'{{"CorrelationID":"{correlation_id.upper()}","AMOUNT":7.5,'
+            f'"requestedat":"2025-07-15T12:34:56.5Z","unknown":1}}')
+    assert post_raw(processor.url, body).status_code == 200
+    assert processor.get_payment(correlation_id) == {
+        "correlationId": correlation_id, "amount": 7.5, "requestedAt": "2025-07-15T12:34:56.5"}
+    # The same property twice: the later value wins, as System.Text.Json binds it.
+    other = str(uuid.uuid4())
+    assert post_raw(processor.url, f'{{"correlationId":"{other}","amount":1,"Amount":2}}').status_code == 200
+    assert processor.get_payment(other)["amount"] == 2
 
 
 def test_payment_without_a_json_content_type_is_415(clean_processors):
@@ -188,7 +264,9 @@ def test_failure_answers_500_and_stores_nothing(clean_processors):
     processor = clean_processors.default
     processor.set_failure(True)
     correlation_id = str(uuid.uuid4())
-    assert post_payment(processor.url, correlation_id).status_code == 500
+    failed = post_payment(processor.url, correlation_id)
+    assert failed.status_code == 500
+    assert failed.content == b""
     assert processor.get_payment(correlation_id) is None
     assert processor.admin_summary()["totalRequests"] == 0
     processor.set_failure(False)
@@ -259,13 +337,26 @@ def test_delay_and_failure_configuration_answer_config_was_is(clean_processors):
 
 
 @pytest.mark.parametrize("path, body", [
-    ("delay", {"delay": "100"}), ("delay", {"delay": -1}), ("delay", {}),
-    ("failure", {"failure": "true"}), ("failure", {}), ("token", {"token": 5}),
+    ("delay", {"delay": -1}), ("delay", {"delay": 1.5}), ("delay", {"delay": "1.5"}),
+    ("delay", {"delay": 2**31}), ("delay", {"delay": None}),
+    ("failure", {"failure": "true"}), ("failure", {"failure": None}),
+    ("token", {"token": 5}), ("token", {}),
 ])
 def test_invalid_configuration_is_400(clean_processors, path, body):
     response = requests.put(f"{clean_processors.default.url}/admin/configurations/{path}",
                             json=body, headers=TOKEN, timeout=10)
     assert response.status_code == 400
+
+
+def test_configuration_bodies_bind_with_the_web_defaults(clean_processors):
+    url = f"{clean_processors.default.url}/admin/configurations"
+    delay = requests.put(f"{url}/delay", json={"DELAY": "250"}, headers=TOKEN, timeout=10)
+    assert delay.json() == {"config": "delay", "was": 0, "is": 250}  # a numeric string, any case
+    assert requests.put(f"{url}/failure", json={"Failure": True}, headers=TOKEN,
+                        timeout=10).json()["is"] is True
+    # A missing property takes its default: delay 0, failure false.
+    assert requests.put(f"{url}/delay", json={}, headers=TOKEN, timeout=10).json()["is"] == 0
+    assert requests.put(f"{url}/failure", json={}, headers=TOKEN, timeout=10).json()["is"] is False
 
 
 # ------------------------------------------------------------ admin: token, summary, purge
@@ -322,11 +413,24 @@ def test_summary_counts_between_inclusive_bounds_with_fees(clean_processors):
                         "feePerTransaction": decimal.Decimal("0.15")}
 
 
+def test_summary_amounts_keep_the_scale_of_a_numeric_sum(clean_processors):
+    processor = clean_processors.default
+    # Over no rows: the decimal 0, no fraction digits.
+    assert processor.admin_summary_text() == (
+        '{"totalRequests":0,"totalAmount":0,"totalFee":0.00,"feePerTransaction":0.05}')
+    post_raw(processor.url, f'{{"correlationId":"{uuid.uuid4()}","amount":10}}')
+    assert '"totalAmount":10,' in processor.admin_summary_text()
+    post_raw(processor.url, f'{{"correlationId":"{uuid.uuid4()}","amount":19.9}}')
+    assert '"totalAmount":29.9,' in processor.admin_summary_text()
+    post_raw(processor.url, f'{{"correlationId":"{uuid.uuid4()}","amount":0.10}}')
+    assert '"totalAmount":30.00,' in processor.admin_summary_text()  # the largest scale of the rows
+
+
 def test_summary_fee_is_exact(clean_processors):
     processor = clean_processors.default
-    post_payment(processor.url, amount=19.90)
-    summary = exact(processor.admin_summary_text())
-    assert summary["totalFee"] == decimal.Decimal("0.995")
+    post_raw(processor.url, f'{{"correlationId":"{uuid.uuid4()}","amount":19.90}}')
+    summary = processor.admin_summary_text()
+    assert '"totalAmount":19.90,"totalFee":0.9950,' in summary
 
 
 def test_summary_counts_every_row_when_a_bound_is_missing(clean_processors):
@@ -384,7 +488,8 @@ def test_health_serves_one_call_per_window_queues_two_oldest_first_rejects_the_r
     (first, _, first_end), (second, _, second_end), (third, _, third_end), \
         (fourth, _, _) = [call.result() for call in calls]
     assert fourth.status_code == 429
-    assert int(fourth.headers["Retry-After"]) >= 1
+    # The window, whatever is left of it (two later windows are booked here).
+    assert fourth.headers["Retry-After"] == "1"
     assert [first.status_code, second.status_code, third.status_code] == [200, 200, 200]
     # One per window, the oldest caller first.
     assert first_end < second_end < third_end
@@ -420,3 +525,59 @@ def test_concurrency_limiter_admits_queues_then_answers_429(start_emulator, pool
     assert processor.admin_summary()["totalRequests"] == 3
     processor.set_delay(0)
     assert post_payment(processor.url).status_code == 200  # permits came back
+
+
+# ------------------------------------------------------------ HTTP, as ASP.NET and Kestrel answer
+
+def test_json_answers_say_utf_8(clean_processors):
+    processor = clean_processors.default
+    correlation_id = str(uuid.uuid4())
+    answers = [
+        post_payment(processor.url, correlation_id),
+        post_payment(processor.url, correlation_id),  # 422
+        requests.get(f"{processor.url}/payments/{correlation_id}", timeout=10),
+        requests.get(f"{processor.url}/admin/payments-summary", headers=TOKEN, timeout=10),
+        requests.put(f"{processor.url}/admin/configurations/delay", json={"delay": 0},
+                     headers=TOKEN, timeout=10),
+        requests.put(f"{processor.url}/admin/configurations/failure", json={"failure": False},
+                     headers=TOKEN, timeout=10),
+        requests.post(f"{processor.url}/admin/purge-payments", headers=TOKEN, timeout=10),
+    ]
+    assert [answer.status_code for answer in answers] == [200, 422, 200, 200, 200, 200, 200]
+    assert {answer.headers["Content-Type"] for answer in answers} == {JSON_UTF8}
+
+
+def test_health_answers_json_in_utf_8(start_emulator):
+    response = requests.get(f"{start_emulator(health_window=0.2).url}/payments/service-health",
+                            timeout=10)
+    assert response.headers["Content-Type"] == JSON_UTF8
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /payments/service-health HTTP/1.1\r\n\r\n",
+    b"GET /payments/service-health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET /no/such/route HTTP/1.1\r\n\r\n",
+])
+def test_an_http_1_1_request_without_exactly_one_host_is_400_and_the_connection_closes(
+        start_emulator, request_bytes):
+    processor = start_emulator(health_window=0.2)
+    answer = raw_exchange(processor.port, request_bytes)  # returns once the server closed
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"\r\nContent-Length: 0" in head and body == b""
+
+
+def test_a_payment_without_host_is_refused_before_the_endpoint(clean_processors):
+    processor = clean_processors.default
+    body = f'{{"correlationId":"{uuid.uuid4()}","amount":1}}'.encode()
+    answer = raw_exchange(processor.port, b"POST /payments HTTP/1.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert processor.admin_summary()["totalRequests"] == 0
+
+
+def test_an_http_1_0_request_needs_no_host(start_emulator):
+    processor = start_emulator(health_window=0.2)
+    answer = raw_exchange(processor.port, b"GET /payments/service-health HTTP/1.0\r\n\r\n")
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"200"
+    assert answer.endswith(b'{"failing":false,"minResponseTime":0}')

@@ -1,4 +1,4 @@
-"""The emulator's pieces without a network: parsing, the store, the limiters."""
+"""The emulator's pieces without a network: parsing, the store, the limiters (dotnet.py: test_emulator_dotnet.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import asyncio
 
 import numpy as np
 import pytest
+from aiohttp import HttpVersion10
+from aiohttp import HttpVersion11
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 
 from bruto.testbed.emulator import limits as emulator_limits
 from bruto.testbed.emulator import server as emulator
@@ -14,47 +19,66 @@ from bruto.testbed.emulator.limits import FixedWindowLimiter
 from bruto.testbed.emulator.store import PaymentStore
 
 
-def test_timestamps_round_trip_at_microsecond_precision():
-    micros = emulator.parse_timestamp_us("2025-07-15T12:34:56.123456Z")
-    assert micros == 1752582896123456
-    assert emulator.format_timestamp_us(micros) == "2025-07-15T12:34:56.123456Z"
-    assert emulator.parse_timestamp_us("2025-07-15T12:34:56.000Z") == 1752582896000000
-    # No offset: UTC, as the real database column.
-    assert emulator.parse_timestamp_us("2025-07-15T12:34:56") == 1752582896000000
+def test_summary_bounds_are_read_to_the_microsecond_as_utc():
+    assert emulator.parse_bound_us("2025-07-15T12:34:56.123456Z") == 1752582896123456
+    assert emulator.parse_bound_us("2025-07-15T12:34:56") == 1752582896000000
+    assert emulator.parse_bound_us("2025-07-15T09:34:56-03:00") == 1752582896000000
+    with pytest.raises(emulator.BadRequest):
+        emulator.parse_bound_us("soon")
 
 
-def test_amount_parsing_refuses_what_is_not_a_number():
-    for value in ("1.0", True, None, float("nan"), float("inf"), 1e30):
-        with pytest.raises(emulator.BadRequest):
-            emulator.parse_amount_cents(value)
-    assert emulator.parse_amount_cents(19.9) == 1990
-    assert emulator.format_cents(-5) == "-0.05"
+def test_the_health_429_says_the_whole_window():
+    assert emulator.Processor("0.05", "123", 5.0).retry_after == "5"
+    assert emulator.Processor("0.05", "123", 0.2).retry_after == "1"  # never 0 seconds
+
+
+def test_the_host_rule_holds_where_aiohttp_passes_a_request_through():
+    """Older aiohttp parsers accept an HTTP/1.1 request without Host: the middleware refuses it."""
+    async def endpoint(request):
+        return web.Response(status=200)
+
+    async def answer(version, headers):
+        request = make_mocked_request("GET", "/payments/service-health", headers=headers,
+                                      version=version)
+        return (await emulator.require_host(request, endpoint)).status
+
+    async def scenario():
+        assert await answer(HttpVersion11, {}) == 400
+        assert await answer(HttpVersion11, CIMultiDict([("Host", "a"), ("Host", "b")])) == 400
+        assert await answer(HttpVersion11, {"Host": "a"}) == 200
+        assert await answer(HttpVersion10, {}) == 200
+
+    asyncio.run(scenario())
 
 
 def test_store_grows_past_its_capacity_and_sums_in_cents():
     store = PaymentStore(capacity=4)
     for row in range(10_000):
-        assert store.insert(f"id-{row}", 1990, row)
+        assert store.insert(f"id-{row}", 1990, 1 if row == 15 else 2, row)
     assert len(store) == 10_000
-    assert store.summary(None, None) == (10_000, 19_900_000)
-    assert store.summary(10, 19) == (10, 19_900)  # both bounds inclusive
-    assert store.get("id-9999") == (1990, 9999)
-    assert not store.insert("id-5", 1, 1)
+    assert store.summary(None, None) == (10_000, 19_900_000, 2)
+    assert store.summary(10, 19) == (10, 19_900, 2)  # both bounds inclusive
+    assert store.summary(15, 15) == (1, 1990, 1)  # the largest scale of the rows summed
+    assert store.summary(20, 10) == (0, 0, 0)
+    assert store.get("id-9999") == (1990, 2, 9999)
+    assert store.get("id-15") == (1990, 1, 15)
+    assert not store.insert("id-5", 1, 0, 1)
     store.purge()
-    assert store.summary(None, None) == (0, 0)
+    assert store.summary(None, None) == (0, 0, 0)
     assert store.get("id-5") is None
 
 
 def test_store_summary_matches_a_plain_loop():
     rng = np.random.default_rng(7)
     store = PaymentStore()
-    rows = [(int(at), int(cents)) for at, cents in
-            zip(rng.integers(0, 1000, 5000), rng.integers(1, 100_000, 5000))]
-    for index, (at, cents) in enumerate(rows):
-        store.insert(str(index), cents, at)
+    rows = [(int(at), int(cents), int(scale)) for at, cents, scale in
+            zip(rng.integers(0, 1000, 5000), rng.integers(1, 100_000, 5000), rng.integers(0, 3, 5000))]
+    for index, (at, cents, scale) in enumerate(rows):
+        store.insert(str(index), cents, scale, at)
     for low, high in ((0, 999), (100, 100), (250, 740), (900, 100)):
-        inside = [cents for at, cents in rows if low <= at <= high]
-        assert store.summary(low, high) == (len(inside), sum(inside))
+        inside = [(cents, scale) for at, cents, scale in rows if low <= at <= high]
+        assert store.summary(low, high) == (len(inside), sum(cents for cents, _ in inside),
+                                            max((scale for _, scale in inside), default=0))
 
 
 def test_concurrency_limiter_hands_permits_to_the_oldest_waiter():
@@ -110,7 +134,6 @@ def test_fixed_window_limiter_books_following_windows(monkeypatch):
     assert limiter.claim() == pytest.approx(4.0)  # start of window 1
     assert limiter.claim() == pytest.approx(9.0)  # start of window 2
     assert limiter.claim() is None
-    assert limiter.retry_after() == 14  # window 3 starts at 15 s
     clock[0] += 5.0  # window 1: its permit is the first waiter's
     assert limiter.claim() == pytest.approx(9.0)  # window 3
     clock[0] += 20.0  # window 5: every booking is in the past

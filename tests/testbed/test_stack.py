@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -256,3 +257,103 @@ def test_limits_are_the_compose_files():
     assert declared == services.SERVICE_LIMITS
     assert round(sum(cpus for cpus, _ in declared.values()), 2) == 1.5
     assert sum(mb for _, mb in declared.values()) == 350
+
+
+# Debian's prometheus: `make test` installs it, so CI runs these; a machine
+# without it skips them, saying so.
+needs_prometheus = pytest.mark.skipif(
+    shutil.which("prometheus") is None and not os.environ.get("CI"),
+    reason="Debian's prometheus is not installed (make test installs it: apt-get install prometheus)")
+REPO = Path(__file__).parents[2]
+DASHBOARD = REPO / "conf" / "grafana" / "bruto.json"
+
+
+def prometheus_query(base_url: str, expr: str) -> list:
+    """An instant query through Prometheus' HTTP API; the result's samples."""
+    url = f"{base_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    answer = get_json(url)
+    assert answer["status"] == "success", (expr, answer)
+    return answer["data"]["result"]
+
+
+def dashboard_expressions() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard, with Grafana's rate window made concrete."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"].replace("$__rate_interval", "1m")
+            for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+@needs_prometheus
+def test_prometheus_scrapes_the_stack_and_bruto_shm_reads_it(stack_args):
+    """A real Prometheus beside the stack gets the payments sent; so does bruto-shm, with no flag."""
+    assert cli.main(["up", "--prometheus", "--prometheus-interval", "1"] + stack_args["args"]) == 0
+    state = recorded(stack_args["run_dir"])
+    assert [p["name"] for p in state["processes"]][-1] == "prometheus"
+    prometheus = next(p for p in state["processes"] if p["name"] == "prometheus")
+    assert not prometheus["limited"]
+    base_url = prometheus["ready"][1].removesuffix("/-/ready")
+    check_payments_flow(stack_args)  # five payments of 19.90, confirmed
+
+    # Prometheus scrapes every second; give it a bounded while to see the last state.
+    deadline = time.monotonic() + 30
+    while True:
+        confirmed = prometheus_query(base_url, "sum(bruto_payments_confirmed_total)")
+        accepted = prometheus_query(base_url, 'sum(bruto_http_requests_total{route="payments",status="202"})')
+        seen = (confirmed and float(confirmed[0]["value"][1]), accepted and float(accepted[0]["value"][1]))
+        if seen == (5.0, 5.0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert seen == (5.0, 5.0)
+    up = prometheus_query(base_url, 'up{job="bruto"}')
+    assert [float(s["value"][1]) for s in up] == [1.0]
+    cents = prometheus_query(base_url, "sum(bruto_ledger_amount_cents)")
+    assert float(cents[0]["value"][1]) == 5 * 1990
+    # Every panel of the dashboard is a query Prometheus accepts, over metrics that exist.
+    for expr in dashboard_expressions():
+        prometheus_query(base_url, expr)
+    for name in ("bruto_breaker_state", "bruto_intake_backlog", "bruto_payment_send_duration_seconds_bucket",
+                 "bruto_outbox_wait_seconds_bucket", "bruto_payment_outcomes_total", "bruto_dispatcher_up"):
+        assert prometheus_query(base_url, name), name
+
+    # bruto-shm finds the stack's regions through BRUTO_SHM_DIR, as it finds /dev/shm/bruto by default.
+    env = dict(os.environ, BRUTO_SHM_DIR=stack_args["shm_dir"])
+    shown = subprocess.run([sys.executable, "-m", "bruto.inspector", "--json"], env=env,
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    snap = json.loads(shown.stdout)
+    assert snap["gateway"]["accepted"] == 5
+    assert snap["gateway"]["workers_alive"] == 2
+    assert snap["dispatcher"]["alive"] is True
+    confirmed = {name: p["confirmed"] for name, p in snap["processors"].items()}
+    assert sum(confirmed.values()) == 5
+    assert {name: p["ledger"]["totalRequests"] for name, p in snap["processors"].items()} == confirmed
+    watched = subprocess.run([sys.executable, "-m", "bruto.inspector", "--watch", "0.2", "--count", "2"], env=env,
+                             capture_output=True, text=True, timeout=30)
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.count("payments/s") == 2 and "dispatcher alive" in watched.stdout
+    check_down(stack_args, state)
+
+
+@needs_prometheus
+def test_prometheus_configs_are_valid(tmp_path):
+    """conf/prometheus.yml (compose) and the stack's own pass promtool, and scrape the same way."""
+    rendered = services.prometheus_service(tmp_path, 9999, 9090)
+    conf = Path(rendered.argv[1].removeprefix("--config.file="))
+    for path in (REPO / "conf" / "prometheus.yml", conf):
+        result = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    compose_job = yaml.safe_load((REPO / "conf" / "prometheus.yml").read_text())["scrape_configs"][0]
+    stack_job = yaml.safe_load(conf.read_text())["scrape_configs"][0]
+    assert compose_job["static_configs"] == [{"targets": ["balancer:9999"]}]
+    for key in ("job_name", "metrics_path", "scrape_timeout"):
+        assert compose_job[key] == stack_job[key]
+
+
+def test_prometheus_stays_out_of_the_challenges_services():
+    """The compose file starts Prometheus only under its profile, and gives it no share of the limits."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["profiles"] == ["metrics"]
+    assert "deploy" not in prometheus
+    assert "./conf/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert all("profiles" not in s for name, s in compose["services"].items() if name != "prometheus")

@@ -92,7 +92,7 @@ def test_processes_racing_to_create_share_one_set_of_files(tmp_path):
         assert p.exitcode == 0
     names = sorted(p.name for p in (tmp_path / "shm").iterdir())
     assert names == ["dispatch.bin", "health.bin", "intake-00.bin", "intake-01.bin", "intake-02.bin",
-                     "intake-03.bin", "ledger.bin", "outbox.bin"]
+                     "intake-03.bin", "ledger.bin", "metrics.bin", "outbox.bin"]
 
 
 def _append_many(shm_dir, count):

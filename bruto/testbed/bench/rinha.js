@@ -1,4 +1,4 @@
-// The Rinha de Backend 2025 load test, rewritten from docs/CONTRACT.md §3.
+// The Rinha de Backend 2025 load test, rewritten from the rules (docs/CHALLENGE.md §3).
 //
 //   k6 run -e MAX_REQUESTS=550 -e SUMMARY_FILE=/tmp/summary.json tools/rinha.js
 //
@@ -29,7 +29,7 @@ const TIMEOUT = '1500ms';
 const JSON_HEADERS = { 'Content-Type': 'application/json' };
 const ADMIN_HEADERS = { 'Content-Type': 'application/json', 'X-Rinha-Token': TOKEN };
 
-// The processors' configuration over time (CONTRACT.md §3):
+// The processors' configuration over time (docs/CHALLENGE.md §3):
 // [start second, default delay, default failing, fallback delay, fallback failing].
 const STAGES = [
   [1, 0, false, 0, false],

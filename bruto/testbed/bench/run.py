@@ -1,13 +1,16 @@
 """The Rinha benchmark: ``bruto-bench``.
 
-Runs tools/rinha.js (the official test rewritten from CONTRACT.md §3) with k6
+Runs rinha.js (the official test, docs/CHALLENGE.md §3) with k6
 against bruto and against the floor (nginx answering from static rules,
-conf/nginx-floor.conf) in the same invocation, scores bruto as CONTRACT.md §4
+nginx-floor.conf) in the same invocation, scores bruto as docs/CHALLENGE.md §4
 does, and prints the score as JSON and one summary line per run.
 
 By default it starts two emulators, then for each run a fresh bruto stack
 (confined to 1.5 CPU / 350 MB when cgroups allow) and the floor, one after the
-other; ``--target URL`` scores a stack that is already up instead.
+other; ``--compose`` builds and runs the compose files instead (the
+processors' first, then a fresh docker-compose.yml stack for each run:
+bruto.testbed.bench.compose); ``--target URL`` scores a stack that is already
+up.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import threading
 from pathlib import Path
 
 import bruto
+from bruto.testbed.bench.compose import ComposeBench
+from bruto.testbed.bench.compose import build as build_images
+from bruto.testbed.bench.compose import default_compose_dir
 from bruto.testbed.bench.score import score
 from bruto.testbed.bench.score import summary_line
 from bruto.testbed.stack import cgroups
@@ -225,10 +231,16 @@ def floor_services(run_dir: Path, port: int = FLOOR_PORT) -> list[Service]:
 # -------------------------------------------------------------------- main
 
 
-def git_revision() -> str | None:
-    """The revision of the code under test (the working tree: dirty says it differs)."""
+def git_revision(directory: Path | None = None) -> str | None:
+    """The revision of the code under test (the working tree: dirty says it differs).
+
+    Args:
+        directory: The checkout to describe (the compose files' and the
+            images' with ``--compose``); default: this bruto's.
+    """
     revision = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=Path(bruto.__file__).parent, capture_output=True, text=True
+        ["git", "describe", "--always", "--dirty"], cwd=directory or Path(bruto.__file__).parent,
+        capture_output=True, text=True,
     ).stdout.strip()
     return revision or None
 
@@ -243,6 +255,22 @@ def machine() -> dict:
     return {"cpus": os.cpu_count(), "cpu_model": model, "load_average_at_end": os.getloadavg()}
 
 
+def docker_setup() -> dict:
+    """The Docker engine and compose plugin the compose runs used."""
+    info = subprocess.run(["docker", "info", "--format", "{{json .}}"], capture_output=True, text=True).stdout
+    try:
+        info = json.loads(info)
+    except ValueError:
+        info = {}
+    compose = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True).stdout
+    return {
+        "server_version": info.get("ServerVersion"),
+        "cgroup_driver": info.get("CgroupDriver"),
+        "cgroup_version": info.get("CgroupVersion"),
+        "compose_version": compose.strip() or None,
+    }
+
+
 def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
@@ -250,16 +278,21 @@ def _median(values: list[float]) -> float:
 def run(args: argparse.Namespace) -> dict:
     """Every run of the invocation; returns the JSON result."""
     # Taken first: others may commit while the runs last.
-    revision = git_revision()
+    revision = git_revision(Path(args.compose_dir or default_compose_dir()) if args.compose else None)
     out_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="bruto-bench-")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    limits = not args.no_limits and args.target is None
-    limits_note = None
+    limits = not args.no_limits and args.target is None and not args.compose
+    limits_note = "set by docker from docker-compose.yml" if args.compose else None
     if limits and (reason := cgroups.unavailable_reason()):
         limits, limits_note = False, f"no limits: {reason}"
     default_url, fallback_url = args.default_url, args.fallback_url
     processors = None
-    if args.target is None and default_url is None:
+    compose = None
+    if args.compose:
+        compose = ComposeBench(Path(args.compose_dir or default_compose_dir()), out_dir / "compose.log")
+        if not args.no_build:
+            build_images(compose.directory, out_dir / "build.log")
+    elif args.target is None and default_url is None:
         default_port, fallback_port = args.emulator_ports
         processors = Stack(
             out_dir / "processors", emulator_services(default_port, fallback_port)
@@ -277,6 +310,17 @@ def run(args: argparse.Namespace) -> dict:
             summary = run_k6(out_dir, f"bruto-{index + 1}", args.target, default_url, fallback_url,
                              args.max_requests, report)
             return {"score": score(summary), "resources": None, "cpu": summary["cpu"]}
+        if compose:
+            try:
+                resources, startup = compose.product_up()
+                resources.start()
+                summary = run_k6(out_dir, f"bruto-{index + 1}", "http://127.0.0.1:9999", default_url,
+                                 fallback_url, args.max_requests, report)
+                return {"score": score(summary), "resources": resources.stop(), "cpu": summary["cpu"],
+                        "startup": startup}
+            finally:
+                for problem in compose.product.down():
+                    print(f"compose: {problem}", file=sys.stderr)
         run_dir = out_dir / f"bruto-{index + 1}"
         shm_dir = f"/dev/shm/bruto-bench-{os.getpid()}-{index + 1}"
         bruto = Stack(
@@ -318,6 +362,8 @@ def run(args: argparse.Namespace) -> dict:
     if processors:
         processors.up()
     try:
+        if compose:
+            compose.processors_up()
         for index in range(args.runs):
             floor = None
             # NOTE: alternate the order, so that neither side always runs on a
@@ -338,6 +384,9 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         if processors:
             processors.down()
+        if compose:
+            for problem in compose.down():
+                print(f"compose: {problem}", file=sys.stderr)
 
     output = dict(runs[-1]) if args.runs == 1 else {
         "median": {
@@ -353,12 +402,14 @@ def run(args: argparse.Namespace) -> dict:
     output["machine"] = machine()
     output["setup"] = {
         "git_revision": revision,
-        "target": args.target or "bruto-stack (started by the bench)",
+        "target": args.target or ("docker compose (started by the bench)" if args.compose
+                                  else "bruto-stack (started by the bench)"),
         "limits": limits,
         "limits_note": limits_note,
         "max_requests": args.max_requests,
-        "workers_per_instance": args.workers,
-        "balancer": args.balancer,
+        "workers_per_instance": None if args.compose else args.workers,
+        "balancer": None if args.compose else args.balancer,
+        "docker": docker_setup() if args.compose else None,
         "runs": args.runs,
         "out_dir": str(out_dir),
     }
@@ -372,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="repeat; medians are reported")
     parser.add_argument("--no-limits", action="store_true", help="do not confine the stack in cgroups")
     parser.add_argument("--no-floor", action="store_true", help="skip the static-nginx floor")
+    parser.add_argument("--compose", action="store_true",
+                        help="build and run the compose files (processors' first) instead of the process stack")
+    parser.add_argument("--compose-dir", help="the checkout with the compose files (default: this bruto's)")
+    parser.add_argument("--no-build", action="store_true", help="with --compose: use the images as they are")
     parser.add_argument("--target", help="score a stack already up at this URL (no stack is started)")
     parser.add_argument("--default-url", help="default processor (no emulators are started)")
     parser.add_argument("--fallback-url", help="fallback processor")
@@ -384,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.default_url is None) != (args.fallback_url is None):
         parser.error("give both --default-url and --fallback-url, or neither")
+    if args.compose and (args.target or args.default_url):
+        parser.error("--compose starts its own stack and processors: no --target, --default-url or --fallback-url")
     try:
         output = run(args)
     except (StackError, RuntimeError) as error:

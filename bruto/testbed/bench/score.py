@@ -11,7 +11,7 @@ def _metric(metrics: dict, name: str, field: str) -> float:
 
 
 def score(summary: dict) -> dict:
-    """Score a run as CONTRACT.md §4 does, from the JSON tools/rinha.js writes.
+    """Score a run as docs/CHALLENGE.md §4 does, from the JSON rinha.js writes.
 
     Args:
         summary: ``{"metrics": ..., "state": ...}`` as written by the script's
@@ -82,6 +82,14 @@ def summary_line(label: str, result: dict) -> str:
         line += f"  peak {resources['peak_memory_mb']:.0f} MB  cpu {resources['cpu_seconds']:.1f} s"
         if resources.get("throttled_seconds") is not None:
             line += f" (throttled {resources['throttled_seconds']:.2f} s)"
+        services = resources.get("per_service") or {}
+        if services:
+            line += "  [" + ", ".join(
+                f"{name} {v['cpu_seconds']:.1f} s/{v['throttled_seconds']:.2f} s thr" for name, v in services.items()
+            ) + "]"
+        outside = resources.get("outside_limits") or {}
+        if "docker-proxy" in outside:
+            line += f"  docker-proxy {outside['docker-proxy']['cpu_seconds']:.1f} s"
     if result.get("cpu"):
         line += (
             f"  machine busy {result['cpu']['machine_busy_seconds']:.0f} cpu-s"

@@ -5,7 +5,8 @@
   first, the rest turned away with 429.
 - `FixedWindowLimiter` (ASP.NET's FixedWindowRateLimiter, one permit per
   window) guards GET /payments/service-health: one call per window, a few
-  callers queued into the following windows, the rest turned away with 429.
+  callers queued into the following windows, the rest turned away with 429
+  (whose Retry-After the service sets to the window, server.py).
 
 Both are plain single-loop asyncio objects: no locks, since nothing yields
 between reading and updating their state.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import time
 
 
@@ -105,8 +105,3 @@ class FixedWindowLimiter:
         wait = self._next_free * self._window - now
         self._next_free += 1
         return wait
-
-    def retry_after(self) -> int:
-        """Whole seconds until the first unbooked window starts (at least 1)."""
-        now = time.monotonic() - self._origin
-        return max(1, math.ceil(self._next_free * self._window - now))

@@ -6,10 +6,13 @@ process is one processor; run two (fee 0.05 and 0.15) for default and fallback:
 
     bruto-emulator --port 8001 --fee 0.05 [--token 123] [--health-window 5]
 
-It follows ../shared/docs/CONTRACT.md section 2 down to status codes and the
+It follows docs/CHALLENGE.md §2 down to status codes and the
 order of effects in POST /payments: admission by the concurrency limiter, body
 validation (400/415), the configured delay, the configured failure (500,
-nothing stored), then the insert (422 on a duplicate correlationId).
+nothing stored), then the insert (422 on a duplicate correlationId). Values
+are read and written as the real service's .NET and PostgreSQL pieces do
+(``dotnet``): a requestedAt comes back as a `timestamp` without offset, an
+amount with its own scale.
 
 Everything runs on one asyncio loop: a request waiting out its delay is a
 sleeping coroutine, so a thousand of them cost nothing and never stall the
@@ -22,32 +25,34 @@ import argparse
 import asyncio
 import datetime
 import decimal
+import json
 import math
 import signal
 import time
 import uuid
 
 import orjson
+from aiohttp import HttpVersion11
+from aiohttp import hdrs
 from aiohttp import web
 
+from bruto.testbed.emulator import dotnet
 from bruto.testbed.emulator.limits import ConcurrencyLimiter
 from bruto.testbed.emulator.limits import FixedWindowLimiter
 from bruto.testbed.emulator.store import PaymentStore
 
-# The real service's limits (CONTRACT.md section 2).
+# The real service's limits (docs/CHALLENGE.md §2).
 MAX_CONCURRENCY = 800
 MAX_QUEUE = 500
 HEALTH_QUEUE = 2
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _ONE_US = datetime.timedelta(microseconds=1)
-_CENT = decimal.Decimal("0.01")
-_MAX_AMOUNT = decimal.Decimal(1 << 62) / 100
+_ONE = decimal.Decimal(1)
 
 _PROCESSED = orjson.dumps({"message": "payment processed successfully"})
 _PURGED = orjson.dumps({"message": "All payments purged."})
 _DUPLICATE = orjson.dumps({"message": "CorrelationId already exists"})
-_FAILURE = orjson.dumps({"message": "Simulated failure"})
 _JSON = "application/json"
 
 
@@ -79,6 +84,7 @@ class Processor:
         self.store = PaymentStore()
         self.payments_limiter = ConcurrencyLimiter(max_concurrency, max_queue)
         self.health_limiter = FixedWindowLimiter(health_window, HEALTH_QUEUE)
+        self.retry_after = str(max(1, math.ceil(health_window)))
         self.health_log = open(health_log, "a", buffering=1) if health_log else None
 
 
@@ -87,23 +93,15 @@ PROCESSOR = web.AppKey("processor", Processor)
 
 # ---------------------------------------------------------------- parsing
 
-def parse_timestamp_us(text: object) -> int:
-    """Parses an ISO-8601 timestamp into integer microseconds since the epoch.
+def parse_bound_us(text: str) -> int:
+    """Parses a summary bound (`from`, `to`) into microseconds since the epoch.
 
-    A timestamp without an offset is taken as UTC, as the real service's
-    database column is. Digits past the microsecond are dropped.
-
-    Args:
-        text: e.g. "2025-07-15T12:34:56.000Z" or "2025-07-15T12:34:56.123456Z".
-
-    Returns:
-        Microseconds since 1970-01-01T00:00:00Z.
+    A bound without an offset is taken as UTC, as the real service's database
+    column is. Digits past the microsecond are dropped.
 
     Raises:
-        BadRequest: if `text` is not a string holding an ISO-8601 timestamp.
+        BadRequest: if `text` is not an ISO-8601 timestamp.
     """
-    if not isinstance(text, str):
-        raise BadRequest("requestedAt must be an ISO-8601 string")
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -113,60 +111,74 @@ def parse_timestamp_us(text: object) -> int:
     return (moment - _EPOCH) // _ONE_US
 
 
-def format_timestamp_us(micros: int) -> str:
-    """Renders microseconds since the epoch the way .NET serializes a UTC DateTime.
-
-    Fraction digits are trimmed of trailing zeros and dropped when all zero,
-    e.g. "2025-07-15T12:34:56.1Z" or "2025-07-15T12:34:56Z".
-    """
-    moment = _EPOCH + datetime.timedelta(microseconds=micros)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}".rstrip("0")
-    return text + "Z"
-
-
-def parse_amount_cents(value: object) -> int:
-    """Rounds a JSON amount to whole cents, half away from zero as numeric(,2) does.
-
-    NOTE: orjson hands us a float, but `repr` of a float is the shortest text
-    that reads back as it, i.e. the text that was sent for any amount of up to
-    15 significant digits, so "19.905" rounds to 19.91 as an exact decimal would.
+def parse_route_id(value: str) -> str:
+    """Returns the canonical (lowercase, hyphenated) form of the GUID in GET /payments/{id}.
 
     Raises:
-        BadRequest: if `value` is not a JSON number or is out of range.
+        BadRequest: if `value` is not a GUID.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest("amount must be a number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise BadRequest("amount must be finite")
-    exact = decimal.Decimal(repr(value)) if isinstance(value, float) else decimal.Decimal(value)
-    if abs(exact) >= _MAX_AMOUNT:  # cents live in int64 columns of the store
-        raise BadRequest("amount out of range")
-    return int(exact.quantize(_CENT, rounding=decimal.ROUND_HALF_UP).scaleb(2))
-
-
-def parse_correlation_id(value: object) -> str:
-    """Returns the canonical (lowercase, hyphenated) form of a GUID string.
-
-    Raises:
-        BadRequest: if `value` is not a string holding a GUID.
-    """
-    if not isinstance(value, str):
-        raise BadRequest("correlationId must be a GUID string")
     try:
         return str(uuid.UUID(value))
     except ValueError:
         raise BadRequest(f"not a GUID: {value!r}") from None
 
 
-def format_cents(cents: int) -> str:
-    """Renders cents as a decimal with exactly two places, e.g. 1990 -> "19.90"."""
-    return format(decimal.Decimal(cents).scaleb(-2), "f")
+def parse_payment(body: dict) -> tuple[str, decimal.Decimal, int]:
+    """Binds a POST /payments body as the real service's request record.
+
+    Returns:
+        (correlationId, amount as stored, requestedAt in microseconds); a
+        missing property takes its .NET default (the empty GUID, 0,
+        DateTime.MinValue).
+
+    Raises:
+        BadRequest: if a property present cannot be read as its type.
+    """
+    fields = dotnet.bind(body, ("correlationId", "amount", "requestedAt"))
+    try:
+        correlation_id = (dotnet.parse_guid(fields["correlationId"]) if "correlationId" in fields
+                          else dotnet.default_guid())
+        amount = dotnet.parse_decimal(fields["amount"]) if "amount" in fields else decimal.Decimal(0)
+        requested_at_us = (dotnet.parse_datetime(fields["requestedAt"]) if "requestedAt" in fields
+                           else dotnet.MIN_US)
+    except dotnet.BindingError as error:
+        raise BadRequest(str(error)) from None
+    return correlation_id, dotnet.round_amount(amount), requested_at_us
+
+
+def amount_columns(amount: decimal.Decimal) -> tuple[int, int]:
+    """(cents, scale) of a stored amount, as the store keeps it.
+
+    Raises:
+        BadRequest: if the cents do not fit the store's int64 column.
+    """
+    cents = int(amount.scaleb(2))
+    if abs(cents) >= 1 << 62:  # sums of such rows would overflow int64
+        raise BadRequest("amount out of the emulator's range")
+    return cents, -amount.as_tuple().exponent
+
+
+def amount_text(cents: int, scale: int) -> str:
+    """Renders cents at a scale as the real service writes a decimal: 1990, 1 -> "19.9"."""
+    return dotnet.format_decimal(decimal.Decimal(cents).scaleb(-2).quantize(_ONE.scaleb(-scale)))
+
+
+def payment_json(correlation_id: str, amount_cents: int, amount_scale: int, requested_at_us: int) -> str:
+    """The body of GET /payments/{id}, built by hand so the amount keeps its scale ("19.90", "19.9", "10")."""
+    return (f'{{"correlationId":"{correlation_id}","amount":{amount_text(amount_cents, amount_scale)},'
+            f'"requestedAt":"{dotnet.format_datetime(requested_at_us)}"}}')
+
+
+def _refuse_constant(name: str) -> None:
+    raise BadRequest(f"invalid JSON: {name} is not a JSON number")
 
 
 async def read_json_object(request: web.Request) -> dict:
     """Reads a JSON object body as ASP.NET minimal API model binding would.
+
+    Numbers with a fraction or an exponent are read as exact Decimals, so an
+    amount keeps the digits and the scale it was sent with (orjson would give
+    a float, which has neither).
 
     Raises:
         web.HTTPUnsupportedMediaType: if the content type is not JSON (415),
@@ -175,9 +187,18 @@ async def read_json_object(request: web.Request) -> dict:
     """
     if request.content_type != _JSON and not request.content_type.endswith("+json"):
         raise web.HTTPUnsupportedMediaType()
+    return decode_json_object(await request.read())
+
+
+def decode_json_object(raw: bytes) -> dict:
+    """Parses a body that must be a JSON object, numbers with a fraction or an exponent as exact Decimals.
+
+    Raises:
+        BadRequest: if it is not valid JSON (NaN and Infinity are not) or not an object.
+    """
     try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as error:
+        body = json.loads(raw, parse_float=decimal.Decimal, parse_constant=_refuse_constant)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
         raise BadRequest(f"invalid JSON: {error}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
@@ -193,32 +214,74 @@ def bad_request(detail: str) -> web.Response:
 
 
 def json_response(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=body, content_type=_JSON)
+    """A JSON answer with the content type ASP.NET gives one."""
+    return web.Response(status=status, body=body, content_type=_JSON, charset="utf-8")
+
+
+def kestrel_bad_request() -> web.Response:
+    """Kestrel's answer to a request it refuses before any endpoint: 400, no body, connection closed."""
+    response = web.Response(status=400)
+    response.force_close()
+    return response
+
+
+@web.middleware
+async def require_host(request: web.Request, handler) -> web.StreamResponse:
+    """Kestrel's rule: an HTTP/1.1 request with no Host header, or more than one, is a 400.
+
+    HTTP/1.0 requests need no Host. Recent aiohttp parsers refuse these
+    requests themselves (then `KestrelRequestHandler` answers); older ones
+    pass a missing Host through to here.
+    """
+    if request.version >= HttpVersion11 and len(request.headers.getall(hdrs.HOST, ())) != 1:
+        return kestrel_bad_request()
+    return await handler(request)
+
+
+class KestrelRequestHandler(web.RequestHandler):
+    """aiohttp's connection protocol, answering the requests its parser refuses as Kestrel does.
+
+    Kestrel answers a malformed request (a missing or repeated Host among
+    them) `HTTP/1.1 400 Bad Request` with no body and closes the connection;
+    aiohttp's own answer is an HTTP/1.0 400 with a text body, and a logged
+    traceback per request.
+    """
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
+        if status != 400:
+            return super().handle_error(request, status, exc, message)
+        # NOTE: aiohttp makes the request of a message its parser refused an
+        # HTTP/1.0 one (web_protocol.ERROR), and a response's status line
+        # takes the request's version: Kestrel's says HTTP/1.1. The test of
+        # this answer reads the raw bytes, so an aiohttp that renames the
+        # attribute fails it.
+        request._version = HttpVersion11
+        return kestrel_bad_request()
 
 
 # ---------------------------------------------------------------- payments
 
 async def post_payment(request: web.Request) -> web.Response:
-    """POST /payments: limiter, validation, delay, failure, insert."""
+    """POST /payments: limiter, binding, delay, failure, insert."""
     processor = request.app[PROCESSOR]
     if not await processor.payments_limiter.acquire():
         return web.Response(status=429)
     try:
         try:
-            body = await read_json_object(request)
-            correlation_id = parse_correlation_id(body.get("correlationId"))
-            amount_cents = parse_amount_cents(body.get("amount"))
-            requested_at_us = parse_timestamp_us(body.get("requestedAt"))
+            correlation_id, amount, requested_at_us = parse_payment(await read_json_object(request))
+            amount_cents, amount_scale = amount_columns(amount)
         except BadRequest as error:
             return bad_request(str(error))
         # NOTE: the delay is read once, when the handler starts: changing it
         # later neither shortens nor lengthens a request already waiting.
         if processor.delay_ms:
             await asyncio.sleep(processor.delay_ms / 1000)
-        # The failure flag is read after the delay, as the real service does.
+        # The failure flag is read after the delay, as the real service does;
+        # its 500 has no body.
         if processor.failing:
-            return json_response(_FAILURE, status=500)
-        if not processor.store.insert(correlation_id, amount_cents, requested_at_us):
+            return web.Response(status=500)
+        if not processor.store.insert(correlation_id, amount_cents, amount_scale, requested_at_us):
             return json_response(_DUPLICATE, status=422)
         return json_response(_PROCESSED)
     finally:
@@ -232,17 +295,13 @@ async def get_payment(request: web.Request) -> web.Response:
         return web.Response(status=429)
     try:
         try:
-            correlation_id = parse_correlation_id(request.match_info["id"])
+            correlation_id = parse_route_id(request.match_info["id"])
         except BadRequest as error:
             return bad_request(str(error))
         row = processor.store.get(correlation_id)
         if row is None:
             return web.Response(status=404)
-        amount_cents, requested_at_us = row
-        # Built by hand so the amount keeps its two decimals ("19.90").
-        body = (f'{{"correlationId":"{correlation_id}","amount":{format_cents(amount_cents)},'
-                f'"requestedAt":"{format_timestamp_us(requested_at_us)}"}}')
-        return json_response(body.encode())
+        return json_response(payment_json(correlation_id, *row).encode())
     finally:
         processor.payments_limiter.release()
 
@@ -254,8 +313,8 @@ async def service_health(request: web.Request) -> web.Response:
         processor.health_log.write(f"{time.time():.6f}\n")
     wait = processor.health_limiter.claim()
     if wait is None:
-        retry_after = processor.health_limiter.retry_after()
-        return web.Response(status=429, headers={"Retry-After": str(retry_after)})
+        # The real service's rejection hook says the window, whatever is left of it.
+        return web.Response(status=429, headers={"Retry-After": processor.retry_after})
     if wait > 0:
         await asyncio.sleep(wait)
     # Read after the wait: a queued caller sees the state of its own window.
@@ -277,18 +336,19 @@ async def admin_summary(request: web.Request) -> web.Response:
     bounds = (request.query.get("from"), request.query.get("to"))
     try:
         if bounds[0] and bounds[1]:
-            count, cents = processor.store.summary(parse_timestamp_us(bounds[0]),
-                                                   parse_timestamp_us(bounds[1]))
+            count, cents, scale = processor.store.summary(parse_bound_us(bounds[0]),
+                                                          parse_bound_us(bounds[1]))
         else:  # the real service sums every row when either bound is missing
-            count, cents = processor.store.summary(None, None)
+            count, cents, scale = processor.store.summary(None, None)
     except BadRequest as error:
         return bad_request(str(error))
-    total_amount = decimal.Decimal(cents).scaleb(-2)
-    # NOTE: totalFee is the exact product (e.g. 0.9950), as numeric arithmetic
-    # in the real database gives; rounding it would lose money.
-    body = (f'{{"totalRequests":{count},"totalAmount":{format(total_amount, "f")},'
-            f'"totalFee":{format(total_amount * processor.fee, "f")},'
-            f'"feePerTransaction":{format(processor.fee, "f")}}}')
+    # A numeric SUM has the largest scale of its terms; over no rows it is the
+    # decimal 0. NOTE: totalFee is the exact product (e.g. 0.9950), as numeric
+    # arithmetic gives; rounding it would lose money.
+    total_amount = decimal.Decimal(cents).scaleb(-2).quantize(_ONE.scaleb(-scale))
+    body = (f'{{"totalRequests":{count},"totalAmount":{dotnet.format_decimal(total_amount)},'
+            f'"totalFee":{dotnet.format_decimal(total_amount * processor.fee)},'
+            f'"feePerTransaction":{dotnet.format_decimal(processor.fee)}}}')
     return json_response(body.encode())
 
 
@@ -298,7 +358,7 @@ async def admin_token(request: web.Request) -> web.Response:
     if not _authorized(request):
         return web.Response(status=401)
     try:
-        token = (await read_json_object(request)).get("token")
+        token = dotnet.bind(await read_json_object(request), ("token",)).get("token")
         if not isinstance(token, str):
             raise BadRequest("token must be a string")
     except BadRequest as error:
@@ -313,10 +373,11 @@ async def admin_delay(request: web.Request) -> web.Response:
     if not _authorized(request):
         return web.Response(status=401)
     try:
-        delay = (await read_json_object(request)).get("delay")
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        fields = dotnet.bind(await read_json_object(request), ("delay",))
+        delay = dotnet.parse_int32(fields.get("delay", 0))
+        if delay < 0:
             raise BadRequest("delay must be a non-negative integer of milliseconds")
-    except BadRequest as error:
+    except (BadRequest, dotnet.BindingError) as error:
         return bad_request(str(error))
     was, processor.delay_ms = processor.delay_ms, delay
     return json_response(orjson.dumps({"config": "delay", "was": was, "is": delay}))
@@ -328,7 +389,7 @@ async def admin_failure(request: web.Request) -> web.Response:
     if not _authorized(request):
         return web.Response(status=401)
     try:
-        failure = (await read_json_object(request)).get("failure")
+        failure = dotnet.bind(await read_json_object(request), ("failure",)).get("failure", False)
         if not isinstance(failure, bool):
             raise BadRequest("failure must be a boolean")
     except BadRequest as error:
@@ -350,7 +411,7 @@ async def admin_purge(request: web.Request) -> web.Response:
 
 def make_app(processor: Processor) -> web.Application:
     """Builds the aiohttp application serving one processor."""
-    app = web.Application()
+    app = web.Application(middlewares=[require_host])
     app[PROCESSOR] = processor
     # NOTE: service-health is registered before /payments/{id}: routes match
     # in registration order and "service-health" would otherwise be an id.
@@ -394,16 +455,20 @@ async def serve(args: argparse.Namespace) -> None:
     # No access log: at 1,500 requests/s it would cost more than the requests.
     runner = web.AppRunner(make_app(processor), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    # A deep backlog: a load test opens a thousand connections at once.
-    site = web.TCPSite(runner, args.host, args.port, backlog=4096)
-    await site.start()
-    port = runner.addresses[0][1]
+    loop = asyncio.get_running_loop()
+    # Our own listening socket rather than a TCPSite, so that each connection
+    # gets a KestrelRequestHandler. A deep backlog: a load test opens a
+    # thousand connections at once.
+    listener = await loop.create_server(
+        lambda: KestrelRequestHandler(runner.server, loop=loop, access_log=None),
+        args.host, args.port, backlog=4096)
+    port = listener.sockets[0].getsockname()[1]
     print(f"bruto-emulator listening on http://{args.host}:{port}", flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    listener.close()
     await runner.cleanup()
 
 

@@ -9,24 +9,28 @@ The processors: ``--default-url`` and ``--fallback-url`` (or
 ``BRUTO_DEFAULT_URL`` and ``BRUTO_FALLBACK_URL``), both or neither; with
 neither, two local emulators are started. The shared directory is
 ``BRUTO_SHM_DIR`` (``/dev/shm/bruto`` by default), the one ``bruto-shm``
-reads without a flag.
+reads without a flag. ``--prometheus`` adds Debian's Prometheus, scraping
+bruto's GET /metrics on a free port of 127.0.0.1 (``--prometheus-port``),
+outside the limits.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
-from bruto.config import Settings
 from bruto.config import env_name
+from bruto.config import settings_or_exit
 from bruto.testbed.stack.runner import Stack
 from bruto.testbed.stack.runner import StackError
 from bruto.testbed.stack.services import BALANCERS
 from bruto.testbed.stack.services import SERVICE_LIMITS
 from bruto.testbed.stack.services import bruto_services
 from bruto.testbed.stack.services import emulator_services
+from bruto.testbed.stack.services import prometheus_service
 
 DEFAULT_RUN_DIR = "/tmp/bruto-stack"
 
@@ -47,7 +51,16 @@ def build_stack(args: argparse.Namespace) -> Stack:
                          f"{env_name('fallback_url')}), or neither to start local emulators")
     services += bruto_services(run_dir, args.shm_dir, default_url, fallback_url, args.port, args.workers,
                                args.balancer)
+    if args.prometheus:
+        args.prometheus_port = args.prometheus_port or free_port()
+        services.append(prometheus_service(run_dir, args.port, args.prometheus_port, args.prometheus_interval))
     return Stack(run_dir, services, limits=SERVICE_LIMITS if args.limits else None, scratch_dirs=[args.shm_dir])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def parse_ports(text: str) -> tuple[int, int]:
@@ -56,7 +69,7 @@ def parse_ports(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings.from_env()
+    settings = settings_or_exit("bruto-stack")
     parser = argparse.ArgumentParser(prog="bruto-stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="logs, sockets, state (default %(default)s)")
@@ -75,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="gunicorn workers per instance (default: BRUTO_WORKERS, or %(default)s)")
     parser.add_argument("--balancer", choices=BALANCERS, default=BALANCERS[0],
                         help="load balancer on --port (default %(default)s)")
+    parser.add_argument("--prometheus", action="store_true",
+                        help="also start Prometheus (Debian's package), scraping GET /metrics, outside the limits")
+    parser.add_argument("--prometheus-port", type=int, default=0,
+                        help="Prometheus' port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--prometheus-interval", type=float, default=5.0, metavar="SECONDS",
+                        help="its scrape interval (default %(default)s)")
     args = parser.parse_args(argv)
     try:
         stack = build_stack(args)
@@ -85,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{record['name']:18} pid {record['pid']}{confined}")
             print(f"stack up on http://127.0.0.1:{args.port}; shared directory {args.shm_dir}; "
                   f"logs and state in {stack.run_dir}")
+            if args.prometheus:
+                print(f"prometheus on http://127.0.0.1:{args.prometheus_port} (scraping /metrics every "
+                      f"{args.prometheus_interval:g} s)")
         elif args.command == "down":
             if not stack.state_file.exists():
                 print(f"nothing recorded in {stack.run_dir}")

@@ -4,6 +4,8 @@ The topology is the compose file's: a load balancer on :9999
 (``bruto.balancer``, or nginx with ``--balancer nginx``) in front of two
 gunicorn instances on unix sockets, one dispatcher, and (unless processor URLs
 are given) two processor emulators, default on 8001 and fallback on 8002.
+On request, a Prometheus (Debian's ``prometheus``) scrapes GET /metrics
+through the balancer, as the compose file's ``metrics`` profile does.
 Every bruto process runs from this Python (``python -m``), so the stack works
 from a virtual environment that is not on PATH.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+
+import yaml
 
 from bruto.testbed.stack.runner import Service
 from bruto.testbed.stack.runner import StackError
@@ -83,7 +87,7 @@ def bruto_services(
             )
         )
     # NOTE: the balancer starts last, once the sockets answer: nginx would mark
-    # an instance dead for 10 s if it sent it traffic before (LESSONS.md), and
+    # an instance dead for 10 s if it sent it traffic before its socket exists, and
     # bruto's balancer would close the clients it could not hand over.
     if balancer == "nginx":
         conf = render_nginx_conf(NGINX_CONF, run_dir, port, socket_dir=run_dir)
@@ -97,6 +101,45 @@ def bruto_services(
             ready=("http", f"http://127.0.0.1:{port}/payments-summary", {}),
         ))
     return services
+
+
+def prometheus_service(run_dir: Path, bruto_port: int, port: int, interval_s: float = 5.0) -> Service:
+    """Prometheus scraping bruto's GET /metrics through the balancer on ``bruto_port``.
+
+    Never confined: it watches bruto, it is not part of what the challenge
+    limits. Its data (a TSDB) stays in the run directory.
+
+    Args:
+        run_dir: Where its config and data go.
+        bruto_port: The balancer's port.
+        port: Where its own HTTP API and UI listen (127.0.0.1).
+        interval_s: Scrape interval.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    conf = run_dir / "prometheus.yml"
+    conf.write_text(yaml.safe_dump(prometheus_config(f"127.0.0.1:{bruto_port}", interval_s), sort_keys=False))
+    return Service(
+        "prometheus",
+        ["prometheus", f"--config.file={conf}", f"--storage.tsdb.path={run_dir / 'prometheus-data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        {},
+        ready=("http", f"http://127.0.0.1:{port}/-/ready", {}),
+        limited=False,
+    )
+
+
+def prometheus_config(target: str, interval_s: float = 5.0) -> dict:
+    """A Prometheus config with one job, ``bruto``, scraping ``target`` (host:port); conf/prometheus.yml's shape."""
+    interval = f"{interval_s:g}s"
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [{
+            "job_name": "bruto",
+            "metrics_path": "/metrics",
+            "scrape_timeout": f"{min(interval_s, 2.0):g}s",
+            "static_configs": [{"targets": [target]}],
+        }],
+    }
 
 
 def nginx_service(name: str, conf: Path, run_dir: Path, port: int) -> Service:

@@ -74,6 +74,9 @@ class Settings:
     # higher fee (the profit model is in bruto/dispatcher/routing.py).
     default_patience_s: float = 30.0
 
+    # How long POST /purge-payments waits for the dispatcher before it answers
+    # 503 and cancels the purge (a purge answered as failed never happens later).
+    purge_timeout_s: float = 5.0
     # Who may call POST /purge-payments, which empties bruto's records
     # (bruto.gateway.admin). "open": anyone who reaches the port, which is what
     # the challenge's test expects (its setup purges with no credentials).

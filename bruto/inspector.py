@@ -51,7 +51,8 @@ def table(snap: dict) -> str:
             owner = f"pid {slab['owner_pid']} {'alive' if slab['owner_alive'] else 'gone'}"
             lines.append(f"intake slot {slab['slot']:2d}: written {slab['written']}, backlog {slab['backlog']} ({owner})")
     o = snap["outbox"]
-    lines.append(f"outbox: {o['queued']} queued, {o['sent_unresolved']} sent and unresolved (capacity {o['capacity']})")
+    lines.append(f"outbox: {o['queued']} queued, {o['sent']} sent, {o['unresolved']} unresolved "
+                 f"(capacity {o['capacity']})")
     led = snap["ledger"]
     lines.append(f"ledger: {led['retained']} counted of {led['count']} appended (capacity {led['capacity']}"
                  f"{', wrapped' if led['wrapped'] else ''})")
@@ -98,8 +99,8 @@ def watch_view(snap: dict, before: dict) -> str:
     lines.append(f"payments/s   in {_rate(g['accepted'], before['gateway']['accepted'], seconds):8.1f}"
                  f"   out {_rate(confirmed, confirmed_before, seconds):8.1f}"
                  f"   refused {_rate(refused, refused_before, seconds):6.1f}")
-    lines.append(f"backlog      intake {g['backlog']}   outbox queued {o['queued']}   sent, unresolved "
-                 f"{o['sent_unresolved']}   ledger {snap['ledger']['retained']}/{snap['ledger']['capacity']}")
+    lines.append(f"backlog      intake {g['backlog']}   outbox queued {o['queued']}   sent {o['sent']}   "
+                 f"unresolved {o['unresolved']}   ledger {snap['ledger']['retained']}/{snap['ledger']['capacity']}")
     wait = snap["dispatcher"]["outbox_wait"]
     wait_before = before["dispatcher"]["outbox_wait"]
     wait_delta = [a - b for a, b in zip(wait["buckets"], wait_before["buckets"])]

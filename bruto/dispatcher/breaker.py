@@ -1,19 +1,22 @@
-"""Circuit breaker per processor, as pure transitions over a health-table row.
+"""Circuit breaker per processor, as pure transitions: a state in, a new state out.
 
     CLOSED ──(THRESHOLD failures in a row, or health says failing)──► OPEN
     OPEN ──(PROBE_INTERVAL passed, or health says not failing)──► HALF_OPEN
     HALF_OPEN ──(the single probe payment succeeds)──► CLOSED
     HALF_OPEN ──(the probe fails)──► OPEN
 
-The row lives in shared memory (bruto.shm.layout.HEALTH), so a restarted
-dispatcher finds the breakers as they were and the inspector can show them.
-``down_since`` is kept from the first opening until the breaker closes again:
-it is the clock the routing policy's patience is measured on. Every change of
-state is counted in the row's ``transitions`` (indexed by the state entered),
-for the metrics endpoint.
+The state is kept in the health table (bruto.shm.layout.HEALTH): :func:`read`
+and :func:`write` move it between a row and a :class:`Breaker`, so a
+restarted dispatcher finds the breakers as they were and the inspector can
+show them. ``down_since`` is kept from the first opening until the breaker
+closes again: it is the clock the routing policy's patience is measured on.
+Every change of state is counted in the row's ``transitions`` (indexed by the
+state entered), for the metrics endpoint.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 CLOSED = 0
 OPEN = 1
@@ -30,55 +33,67 @@ THRESHOLD = 5
 PROBE_INTERVAL_US = 200_000
 
 
-def record_success(row) -> None:
-    if int(row["breaker"]) != CLOSED:
-        _count_transition(row, CLOSED)
-    row["breaker"] = CLOSED
-    row["consecutive_failures"] = 0
-    row["down_since"] = 0
+@dataclasses.dataclass(frozen=True, slots=True)
+class Breaker:
+    state: int = CLOSED
+    failures: int = 0     # in a row
+    down_since: int = 0   # when it left CLOSED (0: closed)
+    probe_at: int = 0     # when the last probe started, or when it opened
 
 
-def record_failure(row, now: int) -> None:
-    row["consecutive_failures"] = int(row["consecutive_failures"]) + 1
-    state = int(row["breaker"])
-    if state == HALF_OPEN or (state == CLOSED and row["consecutive_failures"] >= THRESHOLD):
-        _open(row, now)
+def succeeded(breaker: Breaker) -> Breaker:
+    """A payment went through: closed, and the outage clock stops."""
+    return Breaker()
 
 
-def record_health(row, failing: bool, now: int) -> None:
+def failed(breaker: Breaker, now: int) -> Breaker:
+    failures = breaker.failures + 1
+    if breaker.state == HALF_OPEN or (breaker.state == CLOSED and failures >= THRESHOLD):
+        return _opened(breaker, now, failures)
+    return dataclasses.replace(breaker, failures=failures)
+
+
+def reported(breaker: Breaker, failing: bool, now: int) -> Breaker:
     """Fold a service-health report in: it can open, or invite a probe, never close."""
-    state = int(row["breaker"])
-    if failing and state == CLOSED:
-        _open(row, now)
-    elif not failing and state == OPEN:
-        row["probe_at"] = 0  # probe at once rather than after the interval
+    if failing and breaker.state == CLOSED:
+        return _opened(breaker, now, breaker.failures)
+    if not failing and breaker.state == OPEN:
+        return dataclasses.replace(breaker, probe_at=0)  # probe at once rather than after the interval
+    return breaker
 
 
-def may_probe(row, now: int) -> bool:
-    """Whether an open breaker is due for a probe (then call :func:`start_probe`)."""
-    return int(row["breaker"]) == OPEN and now - int(row["probe_at"]) >= PROBE_INTERVAL_US
+def may_probe(breaker: Breaker, now: int) -> bool:
+    """Whether an open breaker is due for a probe (then send one and record :func:`probing`)."""
+    return breaker.state == OPEN and now - breaker.probe_at >= PROBE_INTERVAL_US
 
 
-def start_probe(row, now: int) -> None:
-    _count_transition(row, HALF_OPEN)
-    row["breaker"] = HALF_OPEN
-    row["probe_at"] = now
+def probing(breaker: Breaker, now: int) -> Breaker:
+    return dataclasses.replace(breaker, state=HALF_OPEN, probe_at=now)
 
 
-def down_for(row, now: int) -> int:
+def probe_due_at(breaker: Breaker) -> int | None:
+    """When an open breaker will let a probe through, None if it is not open."""
+    return breaker.probe_at + PROBE_INTERVAL_US if breaker.state == OPEN else None
+
+
+def down_for(breaker: Breaker, now: int) -> int:
     """Microseconds since the breaker left CLOSED, 0 when closed."""
-    since = int(row["down_since"])
-    return now - since if since else 0
+    return now - breaker.down_since if breaker.down_since else 0
 
 
-def _open(row, now: int) -> None:
-    if not int(row["down_since"]):
-        row["down_since"] = now
-    if int(row["breaker"]) != OPEN:
-        _count_transition(row, OPEN)
-    row["breaker"] = OPEN
-    row["probe_at"] = now
+def _opened(breaker: Breaker, now: int, failures: int) -> Breaker:
+    return Breaker(OPEN, failures, breaker.down_since or now, now)
 
 
-def _count_transition(row, state: int) -> None:
-    row["transitions"][state] += 1
+def read(row) -> Breaker:
+    """The breaker kept in a health-table row."""
+    return Breaker(int(row["breaker"]), int(row["consecutive_failures"]), int(row["down_since"]), int(row["probe_at"]))
+
+
+def write(row, breaker: Breaker) -> None:
+    if breaker.state != int(row["breaker"]):
+        row["transitions"][breaker.state] += 1
+    row["breaker"] = breaker.state
+    row["consecutive_failures"] = breaker.failures
+    row["down_since"] = breaker.down_since
+    row["probe_at"] = breaker.probe_at

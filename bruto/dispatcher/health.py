@@ -5,7 +5,8 @@ every caller. Only the dispatcher polls, and only one dispatcher runs per
 shared directory (it holds ``dispatcher.lock``), so the poller is elected by
 that same lock; the time of the next allowed call is kept in the shared
 health table, so a dispatcher that takes over after a crash respects the
-window its predecessor opened.
+window its predecessor opened. What a report says is folded in by the
+outbox (``Outbox.health_reported``): the poller only makes the calls.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import logging
 
 import gevent
 
-from bruto.dispatcher import breaker
-from bruto.dispatcher.processor import Health
-from bruto.dispatcher.processor import RateLimited
+from bruto.dispatcher.outcomes import Health
+from bruto.dispatcher.outcomes import RateLimited
 from bruto.shm.layout import PROCESSOR_NAMES
 from bruto.timefmt import now_us
 
@@ -28,10 +28,20 @@ POLL_INTERVAL_US = 5_100_000
 
 
 class HealthPoller:
-    def __init__(self, clients, health_rows, metrics=None):
+    """Calls each processor's service-health when its window opens.
+
+    Args:
+        clients: a client per processor, with ``health()``.
+        health_rows: the health table's records (``next_poll_at`` is the poller's).
+        on_report: called as ``on_report(processor, Health, asked_at, now)`` with each report.
+        metrics: a bruto.dispatcher.metrics.DispatcherMetrics, or None.
+    """
+
+    def __init__(self, clients, health_rows, on_report, metrics=None):
         self._clients = clients
         self._rows = health_rows
-        self._metrics = metrics  # a bruto.dispatcher.metrics.DispatcherMetrics, or None
+        self._on_report = on_report
+        self._metrics = metrics
 
     def run(self) -> None:
         while True:
@@ -44,19 +54,20 @@ class HealthPoller:
 
     def poll(self, processor: int) -> None:
         row = self._rows[processor]
-        started = now_us()
+        asked_at = now_us()
         # Claim the window before calling, so a crash mid-call cannot lead to a
         # second call in the same window.
-        row["next_poll_at"] = started + POLL_INTERVAL_US
-        report = self._clients[processor].health()
+        row["next_poll_at"] = asked_at + POLL_INTERVAL_US
+        try:
+            report = self._clients[processor].health()
+        except Exception:
+            log.exception("%s health call failed", PROCESSOR_NAMES[processor])
+            return
         now = now_us()
         if self._metrics is not None:
             self._metrics.health_polled(processor, report)
         if isinstance(report, Health):
-            row["failing"] = int(report.failing)
-            row["min_response_ms"] = report.min_response_ms
-            row["polled_at"] = now
-            breaker.record_health(row, report.failing, now)
+            self._on_report(processor, report, asked_at, now)
         elif isinstance(report, RateLimited):
             row["next_poll_at"] = max(int(row["next_poll_at"]), now + int(report.retry_after_s * 1_000_000))
             log.warning("%s health rate-limited; next call in %.1f s", PROCESSOR_NAMES[processor], report.retry_after_s)

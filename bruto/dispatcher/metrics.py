@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import bisect
 
-from bruto.dispatcher.processor import Health
-from bruto.dispatcher.processor import Outcome
-from bruto.dispatcher.processor import RateLimited
-from bruto.dispatcher.processor import Stored
+from bruto.dispatcher.outcomes import Health
+from bruto.dispatcher.outcomes import Outcome
+from bruto.dispatcher.outcomes import RateLimited
+from bruto.dispatcher.outcomes import Stored
 from bruto.shm.layout import HEALTH_POLL_RESULTS
 from bruto.shm.layout import LATENCY_BOUNDS_US
 from bruto.shm.layout import LOOKUP_RESULTS

@@ -4,14 +4,13 @@ Payments go over a geventhttpclient connection pool (gevent's own sockets and
 a C parser); the control plane (health polls, lookups) over a pooled
 requests.Session.
 
-Every call returns a plain value saying what the processor did, never raises
-for network trouble: the dispatcher decides what to do next from that value.
+Every call returns a plain value (bruto.dispatcher.outcomes) saying what the
+processor did, never raises for network trouble: the dispatcher decides what
+to do next from that value.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import uuid
 
 import orjson
@@ -22,37 +21,14 @@ from geventhttpclient.response import HTTPParseError
 from geventhttpclient.response import HTTPSocketPoolResponse
 from requests.adapters import HTTPAdapter
 
+from bruto.dispatcher.outcomes import Health
+from bruto.dispatcher.outcomes import Outcome
+from bruto.dispatcher.outcomes import RateLimited
+from bruto.dispatcher.outcomes import Stored
 from bruto.money import format_cents
 from bruto.money import parse_amount_cents
 from bruto.timefmt import format_iso_ms
 from bruto.timefmt import parse_iso
-
-
-class Outcome(enum.Enum):
-    STORED = "stored"        # 200: the processor stored it now
-    DUPLICATE = "duplicate"  # 422: the processor already had this correlationId
-    FAILED = "failed"        # 500 (configured failure), 429 (limiter), no connection: surely not stored
-    REJECTED = "rejected"    # another 4XX: the processor will never take this payment
-    UNKNOWN = "unknown"      # timeout, dropped connection, other 5XX: it may or may not be stored
-
-
-@dataclasses.dataclass(frozen=True)
-class Stored:
-    """A payment as the processor stored it (GET /payments/{id})."""
-
-    requested_at: int
-    amount_cents: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Health:
-    failing: bool
-    min_response_ms: int
-
-
-@dataclasses.dataclass(frozen=True)
-class RateLimited:
-    retry_after_s: float
 
 
 def make_session(pool_size: int) -> requests.Session:

@@ -1,7 +1,8 @@
 """Where the next payment goes, how long to wait for it, how many at once.
 
-Pure functions of the health table and the clock, so every rule here is tested
-without processes or sockets (tests/test_routing.py).
+Pure functions of the breakers, the processors' latencies and the clock: they
+read no shared memory and write nothing, so every rule here is tested without
+processes or sockets (tests/unit/test_routing.py).
 
 ## The profit model
 
@@ -16,8 +17,8 @@ when P(default still down at the end) > 0.10 / 0.95 ≈ 10.5 %.
 We cannot see the end, so the policy uses the one signal that predicts it:
 how long default has been down. Outages in the official timeline last 20 s
 (t = 20 s to 40 s); the backlog they leave (~20 s x 500/s = 10,000 payments)
-drains in a few seconds once default is back. ``DEFAULT_PATIENCE_S`` is
-therefore set past the longest outage we expect to recover from
+drains in a few seconds once default is back. ``patience_us`` is therefore
+set past the longest outage we expect to recover from
 (``Settings.default_patience_s``, 30 s by default): below
 it, every payment waits for default; past it, default is treated as down for
 good and new attempts go to fallback when fallback's breaker lets them, until
@@ -33,6 +34,7 @@ import dataclasses
 import math
 
 from bruto.dispatcher import breaker
+from bruto.dispatcher.breaker import Breaker
 from bruto.shm.layout import DEFAULT
 from bruto.shm.layout import FALLBACK
 
@@ -58,12 +60,15 @@ class Policy:
     max_in_flight: int = 128
 
 
-def expected_latency_ms(row) -> int:
-    """What an answer takes now: the configured delay, or what we observe if slower."""
-    return max(int(row["min_response_ms"]), int(row["latency_p90_ms"]))
+@dataclasses.dataclass(frozen=True, slots=True)
+class Choice:
+    """Send the next payment to ``processor``; ``probe``: as the single probe of its open breaker."""
+
+    processor: int
+    probe: bool = False
 
 
-def timeout_s(row) -> float:
+def timeout_s(expected_latency_ms: int) -> float:
     """Read timeout for a payment: never shorter than the processor needs to answer.
 
     Three times the expected latency plus a second, and never below the floor:
@@ -71,44 +76,55 @@ def timeout_s(row) -> float:
     into an unknown one, which costs a lookup and opens a window of
     inconsistency.
     """
-    return max(TIMEOUT_FLOOR_S, 1 + 3 * expected_latency_ms(row) / 1000)
+    return max(TIMEOUT_FLOOR_S, 1 + 3 * expected_latency_ms / 1000)
 
 
-def in_flight_limit(row, policy: Policy) -> int:
+def in_flight_limit(expected_latency_ms: int, policy: Policy) -> int:
     """Little's law: payments in flight = rate x latency, with 50 % headroom."""
-    latency_s = expected_latency_ms(row) / 1000 + 0.002
+    latency_s = expected_latency_ms / 1000 + 0.002
     wanted = math.ceil(policy.target_rate * latency_s * 1.5)
     return max(MIN_IN_FLIGHT, min(policy.max_in_flight, wanted))
 
 
-def may_send(row, in_flight: int, policy: Policy) -> bool:
+def may_send(state: Breaker, expected_latency_ms: int, in_flight: int, policy: Policy) -> bool:
     """Whether one more payment may go to this processor now (probes aside)."""
-    state = int(row["breaker"])
-    if state == breaker.CLOSED:
-        return in_flight < in_flight_limit(row, policy)
-    if state == breaker.HALF_OPEN:
+    if state.state == breaker.CLOSED:
+        return in_flight < in_flight_limit(expected_latency_ms, policy)
+    if state.state == breaker.HALF_OPEN:
         return in_flight == 0  # the single probe
     return False
 
 
-def choose(health, in_flight: tuple[int, int], now: int, policy: Policy) -> int | None:
+def choose(breakers: tuple[Breaker, Breaker], latencies_ms: tuple[int, int], in_flight: tuple[int, int],
+           now: int, policy: Policy) -> Choice | None:
     """The processor for the next new attempt, or None to hold it for now.
 
     Args:
-        health: the health table's records (indexed DEFAULT, FALLBACK); an open
-            breaker due for a probe is moved to half-open here.
+        breakers: the breakers of (default, fallback).
+        latencies_ms: what an answer takes now at each (see ``expected_latency_ms``).
         in_flight: payments in flight to (default, fallback).
         now: epoch microseconds.
+
+    Returns:
+        A :class:`Choice`; when it is a probe, the caller records
+        ``breaker.probing`` for that processor.
     """
-    default, fallback = health[DEFAULT], health[FALLBACK]
-    if breaker.may_probe(default, now) and in_flight[DEFAULT] == 0:
-        breaker.start_probe(default, now)
-    if may_send(default, in_flight[DEFAULT], policy):
-        return DEFAULT
-    if breaker.down_for(default, now) < policy.patience_us:
-        return None
-    if breaker.may_probe(fallback, now) and in_flight[FALLBACK] == 0:
-        breaker.start_probe(fallback, now)
-    if may_send(fallback, in_flight[FALLBACK], policy):
-        return FALLBACK
+    for processor in (DEFAULT, FALLBACK):
+        state = breakers[processor]
+        if breaker.may_probe(state, now) and in_flight[processor] == 0:
+            return Choice(processor, probe=True)
+        if may_send(state, latencies_ms[processor], in_flight[processor], policy):
+            return Choice(processor)
+        if processor == DEFAULT and breaker.down_for(state, now) < policy.patience_us:
+            return None  # within the patience: wait for default
     return None
+
+
+def next_change(breakers: tuple[Breaker, Breaker], now: int, policy: Policy) -> int | None:
+    """The next moment :func:`choose` may answer differently with no event: a probe falls due,
+    or default's outage reaches the patience. None if nothing changes by itself."""
+    moments = [at for at in (breaker.probe_due_at(state) for state in breakers) if at is not None]
+    if breakers[DEFAULT].down_since:
+        moments.append(breakers[DEFAULT].down_since + policy.patience_us)
+    later = [at for at in moments if at > now]
+    return min(later) if later else None

@@ -30,8 +30,6 @@ from bruto.timefmt import now_us
 from bruto.timefmt import parse_iso
 
 JSON = "application/json"
-# How long POST /purge-payments waits for the dispatcher to carry a purge out.
-PURGE_TIMEOUT_S = 5.0
 
 
 def _error(resp: falcon.Response, status: int, message: str) -> None:
@@ -119,22 +117,44 @@ class Summary:
 
 
 class Purge:
-    def __init__(self, intake: IntakeWriter, counters: GatewayCounters):
+    """POST /purge-payments: 200 once carried out; 503, and never carried out, if not in time.
+
+    The protocol is in bruto.shm.intake (``request_purge``, ``cancel_purge``).
+    """
+
+    def __init__(self, intake: IntakeWriter, counters: GatewayCounters, timeout_s: float):
         self._intake = intake
         self._counters = counters
+        self._timeout_s = timeout_s
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ticket = self._intake.request_purge()
-        deadline = time.monotonic() + PURGE_TIMEOUT_S
-        while not self._intake.purge_done(ticket):
-            if time.monotonic() > deadline:
+        ticket = self._intake.request_purge(deadline=now_us() + int(self._timeout_s * 1_000_000))
+        done = self._wait(ticket, self._timeout_s)
+        if not done:
+            if self._intake.cancel_purge(ticket):
                 self._counters.response(req.path, 503)
-                _error(resp, 503, "the dispatcher did not carry out the purge; is bruto-dispatcher running?")
+                _error(resp, 503, "the dispatcher did not carry out the purge in time; nothing was purged "
+                                  "(is bruto-dispatcher running?)")
                 return
-            time.sleep(0.005)  # gevent-patched under the gevent worker: yields
+            done = self._wait(ticket, self._timeout_s)  # committed just now: it ends within moments
+        if not done:
+            # Committed, but the dispatcher stopped before the end: the next one finishes it first.
+            self._counters.response(req.path, 202)
+            resp.status = 202
+            resp.content_type = JSON
+            resp.data = b'{"message":"Purge committed; the dispatcher completes it when it restarts."}'
+            return
         self._counters.response(req.path, 200)
         resp.content_type = JSON
         resp.data = b'{"message":"All payments purged."}'
+
+    def _wait(self, ticket: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self._intake.purge_done(ticket):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)  # gevent-patched under the gevent worker: yields
+        return True
 
 
 def create_app(settings: Settings | None = None) -> falcon.App:
@@ -148,6 +168,6 @@ def create_app(settings: Settings | None = None) -> falcon.App:
     app.set_error_serializer(functools.partial(_serialize_http_error, counters))
     app.add_route("/payments", Payments(intake, counters))
     app.add_route("/payments-summary", Summary(settings, counters))
-    app.add_route("/purge-payments", GuardedPurge(Purge(intake, counters), settings, counters))
+    app.add_route("/purge-payments", GuardedPurge(Purge(intake, counters, settings.purge_timeout_s), settings, counters))
     app.add_route("/metrics", Metrics(settings.shm_dir, counters))
     return app

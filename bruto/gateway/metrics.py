@@ -48,10 +48,12 @@ def families(snap: dict):
 
     o = snap["outbox"]
     outbox = GaugeMetricFamily("bruto_outbox_payments",
-                               "Payments in the outbox: queued (waiting to be sent) or sent (outcome not known yet).",
+                               "Payments in the outbox: queued (waiting to be sent), sent (answer awaited) or "
+                               "unresolved (the processor may have stored it: looked up there).",
                                labels=["state"])
     outbox.add_metric(["queued"], o["queued"])
-    outbox.add_metric(["sent"], o["sent_unresolved"])
+    outbox.add_metric(["sent"], o["sent"])
+    outbox.add_metric(["unresolved"], o["unresolved"])
     yield outbox
     yield _gauge("bruto_outbox_capacity", "Payments the outbox can hold.", value=o["capacity"])
 

@@ -10,9 +10,11 @@ simply overwritten; every record it published stays for the dispatcher.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
+import time
 
 import numpy as np
 
@@ -20,10 +22,13 @@ from bruto.config import Settings
 from bruto.shm.layout import DISPATCH
 from bruto.shm.layout import INTAKE
 from bruto.shm.layout import OUTBOX
+from bruto.shm.layout import DispatcherRegions
 from bruto.shm.layout import intake_path
 from bruto.shm.layout import open_dispatch
 from bruto.shm.layout import open_intake
+from bruto.shm.layout import open_ledger
 from bruto.shm.layout import open_outbox
+from bruto.shm.region import Region
 
 # One intake record as bytes, field for field as INTAKE.record lays it out
 # (checked below): the hot path writes it with one pack_into.
@@ -55,16 +60,34 @@ class Overloaded(IntakeFull):
 
 
 class IntakeWriter:
-    """The web worker's side: claim a slot, append payments, request purges."""
+    """The web worker's side: claim a slot, append payments, ask for purges."""
 
     def __init__(self, settings: Settings):
         self.slot, self._lock_fd = _claim_slot(settings)
-        self.slab = open_intake(settings, self.slot)
-        self._dispatch = open_dispatch(settings)
+        self._attach([open_intake(settings, slot) for slot in range(settings.intake_slots)],
+                     open_ledger(settings), open_dispatch(settings), open_outbox(settings),
+                     purge_lock_path(settings), settings.shed_backlog)
+
+    @classmethod
+    def over(cls, slot: int, regions: DispatcherRegions, shed_backlog: int | None = None) -> "IntakeWriter":
+        """A writer of ``slot`` over regions already mapped (in-memory ones, in tests): no slot
+        claim and no purge lock, for a single process; no shedding unless ``shed_backlog``."""
+        writer = cls.__new__(cls)
+        writer.slot, writer._lock_fd = slot, None
+        writer._attach(regions.intake, regions.ledger, regions.dispatch, regions.outbox, None,
+                       shed_backlog or regions.intake[slot].capacity)
+        return writer
+
+    def _attach(self, slabs: list[Region], ledger: Region, dispatch: Region, outbox: Region,
+                lock_path: str | None, shed_backlog: int) -> None:
+        self.slab = slabs[self.slot]
+        self._slabs = slabs
+        self._ledger = ledger
+        self._purge_lock_path = lock_path
         self._capacity = self.slab.capacity
         self._counters = self.slab.counters
         self._records = self.slab.records
-        self._cursor = self._dispatch.records[self.slot]
+        self._cursor = dispatch.records[self.slot]
         self._counters["owner_pid"] = os.getpid()
         # NOTE: the hot path (append) reads and writes through plain views of
         # the same memory: a numpy field access costs several µs when the
@@ -74,15 +97,14 @@ class IntakeWriter:
         self._record_bytes = memoryview(self._records.view(np.uint8))
         self._counter_words = _words(self._counters)
         self._written_word = INTAKE.counters.fields["written"][1] // 8
-        self._cursor_words = memoryview(self._dispatch.records.view(np.uint8)).cast("q")
+        self._cursor_words = memoryview(dispatch.records.view(np.uint8)).cast("q")
         self._drained_word = (self.slot * DISPATCH.record.itemsize + DISPATCH.record.fields["drained"][1]) // 8
         # Load shedding (bruto.config's shed_backlog): one more word read and
         # an addition on the hot path, and no extra comparison: the outbox's
         # count is never negative, so a full slab also crosses this limit.
-        self._outbox = open_outbox(settings)
-        self._outbox_words = _words(self._outbox.counters)
+        self._outbox_words = _words(outbox.counters)
         self._in_use_word = OUTBOX.counters.fields["in_use"][1] // 8
-        self._limit = min(settings.shed_backlog, self._capacity)
+        self._limit = min(shed_backlog, self._capacity)
 
     def append(self, correlation_id: bytes, amount_cents: int, accepted_at: int) -> None:
         """Publish one payment; raise :class:`IntakeFull` when there is no room, :class:`Overloaded`
@@ -103,14 +125,78 @@ class IntakeWriter:
                           correlation_id, amount_cents, accepted_at)
         counters[self._written_word] = written + 1
 
-    def request_purge(self) -> int:
-        """Ask the dispatcher to purge; returns the ticket :meth:`purge_done` waits for."""
-        ticket = int(self._counters["purge_requests"]) + 1
-        self._counters["purge_requests"] = ticket
+    # -- POST /purge-payments --------------------------------------------------
+    #
+    # A purge drops what was accepted and confirmed before it was asked, and
+    # nothing after: the request records where every slab and the ledger stood
+    # (hole 2 of issue 11). A purge the gateway answered as failed must never
+    # happen later (hole 1): the ticket carries a deadline past which the
+    # dispatcher refuses it, and a gateway that gives up cancels the ticket
+    # under the purge lock, the same lock under which the dispatcher commits to
+    # one (bruto.dispatcher.outbox.Outbox.purge). So each ticket is either
+    # cancelled or committed, whatever the timing. The lock is an flock on a
+    # file of the shared directory: it works across processes and containers,
+    # and the kernel drops it when its holder dies.
+
+    def request_purge(self, deadline: int) -> int:
+        """Ask the dispatcher to purge before ``deadline`` (epoch µs); returns the ticket.
+
+        Written under the purge lock, so the dispatcher, which commits under
+        it, never reads a request half written by a second one in this worker.
+        """
+        counters = self._counters
+        with self._purge_lock():
+            below = counters["purge_below"]
+            for slot, slab in enumerate(self._slabs):
+                below[slot] = int(slab.counters["written"])
+            counters["purge_ledger_below"] = int(self._ledger.counters["count"])
+            counters["purge_deadline"] = deadline
+            ticket = int(counters["purge_ticket"]) + 1
+            counters["purge_ticket"] = ticket
         return ticket
 
     def purge_done(self, ticket: int) -> bool:
+        """Whether the dispatcher carried the purge out to the end."""
         return int(self._cursor["purges_done"]) >= ticket
+
+    def cancel_purge(self, ticket: int) -> bool:
+        """Give up on a purge; False if too late: the dispatcher has committed to it."""
+        with self._purge_lock():
+            if int(self._cursor["purge_claimed"]) >= ticket:
+                return False
+            self._counters["purge_cancelled"] = ticket
+            return True
+
+    def _purge_lock(self):
+        return purge_lock(self._purge_lock_path) if self._purge_lock_path else contextlib.nullcontext()
+
+
+def purge_lock_path(settings: Settings) -> str:
+    return os.path.join(settings.shm_dir, "purge.lock")
+
+
+@contextlib.contextmanager
+def purge_lock(path: str, wait: bool = True):
+    """Hold the purge lock (an exclusive ``flock``) for the ``with`` block.
+
+    Yields True once held; with ``wait=False``, yields False at once if another
+    process holds it. Waiting polls instead of blocking in ``flock``, so a
+    gevent worker keeps serving other requests meanwhile.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
+                time.sleep(0.001)  # gevent-patched in the workers: yields
+        yield True
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def _claim_slot(settings: Settings) -> tuple[int, int]:

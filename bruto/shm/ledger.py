@@ -47,16 +47,26 @@ class LedgerWriter:
         self._counters["count"] = index + 1  # publish (see bruto.shm.region)
         return evicted_id
 
-    def purge(self) -> None:
-        self._counters["evicted_until"] = 0
-        self._counters["start"] = int(self._counters["count"])
+    def next_slot(self) -> int:
+        """The ring slot the next :meth:`append` writes."""
+        return int(self._counters["count"]) % self._capacity
 
-    def correlation_ids(self) -> set[bytes]:
-        """Ids of every record still counted: the dispatcher's dedup memory after a restart."""
-        ids = set()
-        for part in _retained(self._region):
-            ids.update(v.tobytes() for v in self._ids[part])
-        return ids
+    def purge(self, below: int | None = None) -> None:
+        """Stop counting the records appended before index ``below`` (default: all of them)."""
+        count = int(self._counters["count"])
+        below = count if below is None else min(below, count)
+        if below >= count - self._capacity:
+            self._counters["evicted_until"] = 0  # whatever the ring overwrote is purged too
+        self._counters["start"] = max(int(self._counters["start"]), below)
+
+    def retained(self) -> list[slice]:
+        """Ring slots of the records still counted, oldest first, as at most two slices."""
+        return _retained(self._region)
+
+    def retained_slots(self) -> np.ndarray:
+        """Ring slots of every record still counted, oldest first."""
+        parts = [np.arange(part.start, part.stop) for part in _retained(self._region)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 @dataclasses.dataclass(frozen=True)

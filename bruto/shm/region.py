@@ -173,6 +173,26 @@ class Region:
         return cls.attach(path, layout, capacity)
 
 
+    @classmethod
+    def in_memory(cls, layout: Layout, capacity: int) -> "Region":
+        """A region in this process's memory, laid out like its file: for tests."""
+        mapping = np.zeros(layout.file_size(capacity), dtype=np.uint8)
+        mapping[:HEADER_SIZE] = np.frombuffer(_header(layout, capacity), dtype=np.uint8)
+        return cls("<memory>", layout, mapping)
+
+
+def _header(layout: Layout, capacity: int) -> bytes:
+    header = np.zeros(1, dtype=HEADER)
+    header["magic"] = MAGIC
+    header["kind"] = layout.kind
+    header["version"] = layout.version
+    header["record_size"] = layout.record.itemsize
+    header["capacity"] = capacity
+    header["records_offset"] = layout.records_offset
+    header["counters_size"] = layout.counters_size
+    return header.tobytes()
+
+
 def _create(path: str, layout: Layout, capacity: int) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -180,15 +200,7 @@ def _create(path: str, layout: Layout, capacity: int) -> None:
     try:
         # ftruncate makes a sparse file: pages cost memory only once touched.
         os.ftruncate(fd, layout.file_size(capacity))
-        header = np.zeros(1, dtype=HEADER)
-        header["magic"] = MAGIC
-        header["kind"] = layout.kind
-        header["version"] = layout.version
-        header["record_size"] = layout.record.itemsize
-        header["capacity"] = capacity
-        header["records_offset"] = layout.records_offset
-        header["counters_size"] = layout.counters_size
-        os.pwrite(fd, header.tobytes(), 0)
+        os.pwrite(fd, _header(layout, capacity), 0)
         os.fsync(fd)
         try:
             os.link(tmp, path)

@@ -12,7 +12,7 @@ A snapshot is a dict of plain values (JSON as it is)::
     intake      [per slot: written, drained, backlog, owner_alive, requests, rejections, ...]
     gateway     the slots' counts added up
     dispatcher  alive, pid, duplicates_dropped, purges, outbox_wait (histogram)
-    outbox      capacity, in_use, queued, sent_unresolved
+    outbox      capacity, in_use, queued, sent, unresolved
     ledger      capacity, count, start, retained, evicted_until, wrapped
     processors  {default, fallback: ledger totals, counters, send_latency, health, breaker}
 
@@ -47,6 +47,7 @@ from bruto.shm.layout import REJECTIONS
 from bruto.shm.layout import ROUTES
 from bruto.shm.layout import SENT
 from bruto.shm.layout import STATUSES
+from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import region_path
 from bruto.shm.layout import slab_path
 from bruto.shm.region import Region
@@ -132,7 +133,8 @@ class SharedRegions:
                 "capacity": self.outbox.capacity,
                 "in_use": int(self.outbox.counters["in_use"]),
                 "queued": int(np.count_nonzero(states == QUEUED)),
-                "sent_unresolved": int(np.count_nonzero(states == SENT)),
+                "sent": int(np.count_nonzero(states == SENT)),
+                "unresolved": int(np.count_nonzero(states == UNRESOLVED)),
             },
             "ledger": {
                 "capacity": self.ledger.capacity,
@@ -170,7 +172,7 @@ class SharedRegions:
             "written": written,
             "drained": drained,
             "backlog": written - drained,
-            "purge_requests": int(counters["purge_requests"]),
+            "purge_requests": int(counters["purge_ticket"]),
             "owner_pid": int(counters["owner_pid"]),
             "owner_alive": lock_held(slab.path),
             "requests": requests,
@@ -191,7 +193,8 @@ class SharedRegions:
             "lookups": dict(zip(LOOKUP_RESULTS, map(int, row["lookups"]))),
             "health_polls": dict(zip(HEALTH_POLL_RESULTS, map(int, row["health_polls"]))),
             "send_latency": _histogram(row["send_buckets"], row["send_sum_us"]),
-            "health": {field: int(health[field]) for field in HEALTH.record.names if field != "transitions"},
+            "health": {field: int(health[field]) for field in HEALTH.record.names
+                       if not HEALTH.record.fields[field][0].shape},
             "breaker_state": BREAKER_STATES[int(health["breaker"])],
             "breaker_transitions": dict(zip(BREAKER_STATES, map(int, health["transitions"]))),
         }

@@ -208,3 +208,29 @@ def test_health_is_polled_within_the_rate_limit_across_a_dispatcher_takeover(tmp
         assert len(calls) >= 3, (name, calls)  # polled before and after the takeover
         gaps = [later - earlier for earlier, later in zip(calls, calls[1:])]
         assert min(gaps) >= 5.0, (name, gaps)
+
+
+def test_a_purge_answered_503_while_the_dispatcher_is_stopped_never_happens(tmp_path, clean_processors):
+    gw = Gateway.start(tmp_path, clean_processors, workers=1, purge_timeout_s=1)
+    try:
+        before = [str(uuid.uuid4()) for _ in range(20)]
+        for correlation_id in before:
+            assert gw.pay(correlation_id).status_code == 202
+        gw.wait_settled(clean_processors, expected=20)
+        dispatcher = gw.dispatchers[0].pid
+        os.kill(dispatcher, signal.SIGSTOP)
+        try:
+            response = gw.http.post(gw.url + "/purge-payments", timeout=10)
+            assert response.status_code == 503, response.text
+            after = [str(uuid.uuid4()) for _ in range(20)]
+            for correlation_id in after:
+                assert gw.pay(correlation_id).status_code == 202
+        finally:
+            os.kill(dispatcher, signal.SIGCONT)
+        ours = gw.wait_settled(clean_processors, expected=40)
+        assert ours["default"]["totalRequests"] == 40  # nothing was purged, then or later
+        assert_each_stored_once(clean_processors, before + after, only="default")
+        assert gw.http.post(gw.url + "/purge-payments", timeout=10).status_code == 200
+        assert gw.summary()["default"]["totalRequests"] == 0
+    finally:
+        gw.stop()

@@ -180,9 +180,11 @@ def test_health_and_breakers_are_rendered(shm):
     row = open_health(shm).records[0]
     row["min_response_ms"] = 2000
     row["failing"] = 1
-    breaker.record_health(row, True, 1_000_000)        # closed -> open
-    breaker.start_probe(row, 2_000_000)                # open -> half-open
-    breaker.record_failure(row, 2_100_000)             # half-open -> open
+    state = breaker.reported(breaker.Breaker(), True, 1_000_000)  # closed -> open
+    breaker.write(row, state)
+    state = breaker.probing(state, 2_000_000)                      # open -> half-open
+    breaker.write(row, state)
+    breaker.write(row, breaker.failed(state, 2_100_000))           # half-open -> open
     samples = scrape(shm.shm_dir)
     labels = (("processor", "default"),)
     assert samples[("bruto_breaker_state", labels)] == breaker.OPEN
@@ -202,17 +204,19 @@ def test_breaker_transitions_count_every_change_of_state(events):
     row = np.zeros(1, dtype=HEALTH.record)[0]
     changes = [0, 0, 0]
     now = 0
+    state = breaker.Breaker()
     for event, step in events:
         now += step
         before = int(row["breaker"])
         if event == "success":
-            breaker.record_success(row)
+            state = breaker.succeeded(state)
         elif event == "failure":
-            breaker.record_failure(row, now)
+            state = breaker.failed(state, now)
         elif event.startswith("health"):
-            breaker.record_health(row, event == "health_failing", now)
-        elif breaker.may_probe(row, now):
-            breaker.start_probe(row, now)
+            state = breaker.reported(state, event == "health_failing", now)
+        elif breaker.may_probe(state, now):
+            state = breaker.probing(state, now)
+        breaker.write(row, state)
         after = int(row["breaker"])
         if after != before:
             changes[after] += 1

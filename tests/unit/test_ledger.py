@@ -60,11 +60,21 @@ def test_purge_forgets_everything_before_it(region):
     assert totals(region, None, None).requests == (0, 0)
     writer.append(b"\x07" * 16, 3, 250, FALLBACK)
     assert totals(region, None, None).amount_cents == (0, 250)
-    assert writer.correlation_ids() == {b"\x07" * 16}
+    assert [region.columns["correlation_id"][slot].tobytes() for slot in writer.retained_slots()] == [b"\x07" * 16]
+
+
+def test_a_purge_below_an_index_keeps_what_was_appended_after_it(region):
+    writer = fill(region, [(1, 100, DEFAULT), (2, 100, FALLBACK)])
+    writer.purge(below=1)
+    assert totals(region, None, None).requests == (0, 1)
+    writer.purge(below=0)  # a purge never brings records back
+    assert totals(region, None, None).requests == (0, 1)
 
 
 def test_append_reports_the_id_the_ring_overwrote(region):
     writer = fill(region, [(t, 100, DEFAULT) for t in range(8)])  # full ring of 8
+    assert writer.next_slot() == 0
     assert writer.append(b"\x09" * 16, 9, 100, DEFAULT) == (0).to_bytes(16, "big")
-    assert b"\x09" * 16 in writer.correlation_ids()
-    assert (0).to_bytes(16, "big") not in writer.correlation_ids()
+    ids = {region.columns["correlation_id"][slot].tobytes() for slot in writer.retained_slots()}
+    assert b"\x09" * 16 in ids and (0).to_bytes(16, "big") not in ids
+    assert len(writer.retained_slots()) == 8

@@ -1,105 +1,120 @@
-"""Routing, breakers and timeouts as pure functions of the health table and the clock."""
+"""Routing, breakers and timeouts: pure functions, a state in and a state (or a choice) out."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
-import pytest
 
 from bruto.dispatcher import breaker
 from bruto.dispatcher import routing
+from bruto.dispatcher.breaker import Breaker
+from bruto.dispatcher.routing import Choice
 from bruto.shm.layout import DEFAULT
 from bruto.shm.layout import FALLBACK
 from bruto.shm.layout import HEALTH
 
 S = 1_000_000  # microseconds
 POLICY = routing.Policy(patience_us=30 * S, target_rate=600, max_in_flight=128)
+UP = Breaker()
+FAST = (0, 0)
 
 
-@pytest.fixture
-def health():
-    return np.zeros(2, dtype=HEALTH.record)
-
-
-def fail(row, times, now):
+def failed(state, times, now):
     for _ in range(times):
-        breaker.record_failure(row, now)
+        state = breaker.failed(state, now)
+    return state
 
 
-def test_healthy_default_takes_everything(health):
-    assert routing.choose(health, (0, 0), 10 * S, POLICY) == DEFAULT
+def test_healthy_default_takes_everything():
+    assert routing.choose((UP, UP), FAST, (0, 0), 10 * S, POLICY) == Choice(DEFAULT)
 
 
-def test_a_few_failures_are_noise_but_a_run_of_them_opens_the_breaker(health):
-    fail(health[DEFAULT], breaker.THRESHOLD - 1, 10 * S)
-    assert routing.choose(health, (0, 0), 10 * S, POLICY) == DEFAULT
-    breaker.record_failure(health[DEFAULT], 10 * S)
-    assert routing.choose(health, (1, 0), 10 * S, POLICY) is None  # open, and a probe would need in-flight 0
+def test_a_few_failures_are_noise_but_a_run_of_them_opens_the_breaker():
+    default = failed(UP, breaker.THRESHOLD - 1, 10 * S)
+    assert routing.choose((default, UP), FAST, (0, 0), 10 * S, POLICY) == Choice(DEFAULT)
+    default = breaker.failed(default, 10 * S)
+    assert default.state == breaker.OPEN and default.down_since == 10 * S
+    assert routing.choose((default, UP), FAST, (0, 0), 10 * S, POLICY) is None
 
 
-def test_an_open_breaker_lets_exactly_one_probe_through_per_interval(health):
-    fail(health[DEFAULT], breaker.THRESHOLD, 10 * S)
+def test_an_open_breaker_lets_exactly_one_probe_through_per_interval():
+    default = failed(UP, breaker.THRESHOLD, 10 * S)
     later = 10 * S + breaker.PROBE_INTERVAL_US
-    assert routing.choose(health, (0, 0), later, POLICY) == DEFAULT  # the probe
-    assert int(health[DEFAULT]["breaker"]) == breaker.HALF_OPEN
-    assert routing.choose(health, (1, 0), later, POLICY) is None     # nothing beside it
-    breaker.record_failure(health[DEFAULT], later + 100)
-    assert int(health[DEFAULT]["breaker"]) == breaker.OPEN
-    assert routing.choose(health, (0, 0), later + 200, POLICY) is None  # wait for the next interval
+    assert routing.choose((default, UP), FAST, (1, 0), later, POLICY) is None  # a payment still out
+    assert routing.choose((default, UP), FAST, (0, 0), later, POLICY) == Choice(DEFAULT, probe=True)
+    default = breaker.probing(default, later)
+    assert default.state == breaker.HALF_OPEN
+    assert routing.choose((default, UP), FAST, (1, 0), later, POLICY) is None  # nothing beside it
+    default = breaker.failed(default, later + 100)
+    assert default.state == breaker.OPEN
+    assert routing.choose((default, UP), FAST, (0, 0), later + 200, POLICY) is None  # wait for the next interval
 
 
-def test_a_successful_probe_closes_the_breaker_and_resets_the_outage_clock(health):
-    fail(health[DEFAULT], breaker.THRESHOLD, 10 * S)
-    routing.choose(health, (0, 0), 11 * S, POLICY)
-    breaker.record_success(health[DEFAULT])
-    assert int(health[DEFAULT]["breaker"]) == breaker.CLOSED
-    assert breaker.down_for(health[DEFAULT], 12 * S) == 0
-    assert routing.choose(health, (0, 0), 12 * S, POLICY) == DEFAULT
+def test_choosing_changes_nothing():
+    default = failed(UP, breaker.THRESHOLD, 10 * S)
+    before = (default, UP)
+    routing.choose(before, FAST, (0, 0), 11 * S, POLICY)
+    assert before == (default, UP)  # frozen values: the caller records breaker.probing
 
 
-def test_payments_wait_for_default_within_the_patience(health):
-    fail(health[DEFAULT], breaker.THRESHOLD, 10 * S)
-    health[DEFAULT]["probe_at"] = 10 * S + 29 * S  # a probe is out
-    health[DEFAULT]["breaker"] = breaker.HALF_OPEN
-    assert routing.choose(health, (1, 0), 10 * S + 29 * S, POLICY) is None
+def test_a_successful_probe_closes_the_breaker_and_resets_the_outage_clock():
+    default = breaker.probing(failed(UP, breaker.THRESHOLD, 10 * S), 11 * S)
+    default = breaker.succeeded(default)
+    assert default.state == breaker.CLOSED
+    assert breaker.down_for(default, 12 * S) == 0
+    assert routing.choose((default, UP), FAST, (0, 0), 12 * S, POLICY) == Choice(DEFAULT)
 
 
-def test_past_the_patience_fallback_takes_the_load(health):
-    fail(health[DEFAULT], breaker.THRESHOLD, 10 * S)
-    health[DEFAULT]["breaker"] = breaker.HALF_OPEN  # its probe is out
-    assert routing.choose(health, (1, 0), 41 * S, POLICY) == FALLBACK
+def test_payments_wait_for_default_within_the_patience():
+    default = breaker.probing(failed(UP, breaker.THRESHOLD, 10 * S), 39 * S)  # a probe is out
+    assert routing.choose((default, UP), FAST, (1, 0), 39 * S, POLICY) is None
 
 
-def test_with_both_down_everything_waits(health):
-    fail(health[DEFAULT], breaker.THRESHOLD, 10 * S)
-    fail(health[FALLBACK], breaker.THRESHOLD, 10 * S)
-    health[DEFAULT]["breaker"] = health[FALLBACK]["breaker"] = breaker.HALF_OPEN
-    assert routing.choose(health, (1, 1), 50 * S, POLICY) is None
+def test_past_the_patience_fallback_takes_the_load():
+    default = breaker.probing(failed(UP, breaker.THRESHOLD, 10 * S), 41 * S)
+    assert routing.choose((default, UP), FAST, (1, 0), 41 * S, POLICY) == Choice(FALLBACK)
 
 
-def test_a_failing_health_report_opens_and_a_healthy_one_invites_a_probe(health):
-    breaker.record_health(health[DEFAULT], True, 10 * S)
-    assert int(health[DEFAULT]["breaker"]) == breaker.OPEN
-    assert routing.choose(health, (0, 0), 10 * S + 1, POLICY) is None
-    breaker.record_health(health[DEFAULT], False, 10 * S + 2)
-    assert routing.choose(health, (0, 0), 10 * S + 3, POLICY) == DEFAULT
-    assert int(health[DEFAULT]["breaker"]) == breaker.HALF_OPEN
+def test_with_both_down_everything_waits():
+    default = breaker.probing(failed(UP, breaker.THRESHOLD, 10 * S), 50 * S)
+    fallback = breaker.probing(failed(UP, breaker.THRESHOLD, 10 * S), 50 * S)
+    assert routing.choose((default, fallback), FAST, (1, 1), 50 * S, POLICY) is None
 
 
-def test_timeouts_are_never_shorter_than_the_processor_needs(health):
-    row = health[DEFAULT]
-    for delay_ms in (0, 20, 100, 2000, 5000):
-        row["min_response_ms"] = delay_ms
-        assert routing.timeout_s(row) > delay_ms / 1000 + 0.5
-    row["latency_p90_ms"] = 9000  # observed slower than reported
-    assert routing.timeout_s(row) > 9.0
+def test_a_failing_health_report_opens_and_a_healthy_one_invites_a_probe():
+    default = breaker.reported(UP, True, 10 * S)
+    assert default.state == breaker.OPEN
+    assert routing.choose((default, UP), FAST, (0, 0), 10 * S + 1, POLICY) is None
+    default = breaker.reported(default, False, 10 * S + 2)
+    assert routing.choose((default, UP), FAST, (0, 0), 10 * S + 3, POLICY) == Choice(DEFAULT, probe=True)
+    assert breaker.reported(UP, False, 10 * S) == UP  # a healthy report never closes or opens
 
 
-def test_in_flight_follows_littles_law(health):
-    row = health[DEFAULT]
-    row["min_response_ms"] = 100
-    assert 550 * 0.1 <= routing.in_flight_limit(row, POLICY) <= POLICY.max_in_flight
-    assert routing.choose(health, (routing.in_flight_limit(row, POLICY), 0), 10 * S, POLICY) is None
-    row["min_response_ms"] = 0
-    assert routing.in_flight_limit(row, POLICY) == routing.MIN_IN_FLIGHT
-    row["min_response_ms"] = 5000
-    assert routing.in_flight_limit(row, POLICY) == POLICY.max_in_flight
+def test_routing_knows_when_its_answer_changes_by_itself():
+    default = failed(UP, breaker.THRESHOLD, 10 * S)
+    assert routing.next_change((default, UP), 10 * S, POLICY) == 10 * S + breaker.PROBE_INTERVAL_US
+    probing = breaker.probing(default, 11 * S)
+    assert routing.next_change((probing, UP), 11 * S, POLICY) == 10 * S + POLICY.patience_us
+    assert routing.next_change((UP, UP), 11 * S, POLICY) is None
+
+
+def test_a_breaker_goes_through_the_health_table_unchanged():
+    rows = np.zeros(2, dtype=HEALTH.record)
+    state = dataclasses.replace(failed(UP, breaker.THRESHOLD, 10 * S), failures=7)
+    breaker.write(rows[FALLBACK], state)
+    assert breaker.read(rows[FALLBACK]) == state
+    assert breaker.read(rows[DEFAULT]) == UP
+
+
+def test_timeouts_are_never_shorter_than_the_processor_needs():
+    for delay_ms in (0, 20, 100, 2000, 5000, 9000):
+        assert routing.timeout_s(delay_ms) > delay_ms / 1000 + 0.5
+
+
+def test_in_flight_follows_littles_law():
+    assert 550 * 0.1 <= routing.in_flight_limit(100, POLICY) <= POLICY.max_in_flight
+    limit = routing.in_flight_limit(100, POLICY)
+    assert routing.choose((UP, UP), (100, 0), (limit, 0), 10 * S, POLICY) is None
+    assert routing.in_flight_limit(0, POLICY) == routing.MIN_IN_FLIGHT
+    assert routing.in_flight_limit(5000, POLICY) == POLICY.max_in_flight

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import uuid
+from decimal import Decimal
 
 import pytest
+from hypothesis import example
 from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
+from bruto.gateway.validation import MAX_AMOUNT_CENTS
 from bruto.gateway.validation import InvalidPayment
 from bruto.gateway.validation import parse_payment
 from bruto.money import format_cents
@@ -37,6 +43,9 @@ def test_a_valid_payment_gives_id_bytes_and_cents():
     (b'{"correlationId":"%s","amount":19.901}' % ID.encode(), 422, "amount must have at most 2 decimals"),
     (b'{"correlationId":"%s","amount":0.001}' % ID.encode(), 422, "amount must have at most 2 decimals"),
     (b'{"correlationId":"%s","amount":1e12}' % ID.encode(), 422, "amount must be at most 1000000000.00"),
+    (b'{"correlationId":"%s","amount":1e308}' % ID.encode(), 422, "amount must be at most 1000000000.00"),
+    (b'{"correlationId":"%s","amount":-1e308}' % ID.encode(), 422, "amount must be positive"),
+    (b'{"correlationId":"%s","amount":%d}' % (ID.encode(), 10**40), 422, "amount must be at most 1000000000.00"),
 ])
 def test_bad_input_gets_its_status_and_message(body, status, error):
     with pytest.raises(InvalidPayment) as raised:
@@ -52,3 +61,44 @@ def test_every_two_decimal_amount_is_read_exactly(cents):
 
 def test_format_cents():
     assert [format_cents(c) for c in (0, 5, 1990, 100, -250)] == ["0.00", "0.05", "19.90", "1.00", "-2.50"]
+
+
+# Any JSON value, with payment-shaped objects over-represented so that the
+# valid path is explored as much as every way of being invalid.
+_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(max_size=40))
+_JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=8)
+_AMOUNTS = (st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+            | st.builds(lambda digits, exponent: digits * 10.0 ** exponent,  # every magnitude alike
+                        st.floats(-9.99, 9.99), st.integers(-320, 307))
+            | st.decimals(allow_nan=False, allow_infinity=False, places=2).map(float)
+            | st.integers(min_value=-10, max_value=10**13).map(lambda c: float(format_cents(c))))
+_PAYMENTS = st.fixed_dictionaries({"correlationId": st.uuids().map(str)}, optional={"amount": _AMOUNTS})
+_ANYTHING = st.fixed_dictionaries({}, optional={"correlationId": st.uuids().map(str) | _JSON,
+                                                "amount": _AMOUNTS | _JSON, "extra": _JSON})
+
+
+@settings(max_examples=300)
+@given(_PAYMENTS | _ANYTHING | _JSON)
+@example({"correlationId": ID, "amount": sys.float_info.max})  # x 100 overflows to infinity
+@example({"correlationId": ID, "amount": -sys.float_info.max})
+@example({"correlationId": ID, "amount": 10**400})
+def test_any_json_body_gives_a_valid_payment_or_invalid_payment(value):
+    body = json.dumps(value).encode()  # the stdlib writes any integer and 1e308 alike
+    try:
+        correlation_id, cents = parse_payment(body)
+    except InvalidPayment as refused:
+        assert refused.status in (400, 413, 422) and refused.message
+        return
+    assert correlation_id == uuid.UUID(value["correlationId"]).bytes
+    assert 0 < cents <= MAX_AMOUNT_CENTS
+    assert Decimal(repr(value["amount"])) * 100 == cents  # exact, never rounded
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_give_a_valid_payment_or_invalid_payment(body):
+    try:
+        parse_payment(body)
+    except InvalidPayment:
+        pass

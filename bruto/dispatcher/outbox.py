@@ -1,0 +1,483 @@
+"""The outbox: every payment between intake and the ledger, as a sans-I/O state machine.
+
+Events come in as method calls, each with the time it happened (``now``,
+epoch µs): :meth:`Outbox.recover`, :meth:`~Outbox.drain`, :meth:`~Outbox.poll`
+(time passing), :meth:`~Outbox.attempt_done`, :meth:`~Outbox.lookup_done`,
+:meth:`~Outbox.health_reported`, :meth:`~Outbox.purge`. What needs the
+network comes out as actions, :class:`Send` and :class:`Lookup`, which the
+shell (bruto.dispatcher.service) carries out and answers with the matching
+event. Nothing here reads a clock, opens a socket or sleeps.
+
+The state is the shared regions (bruto.shm.layout): intake cursors, outbox
+entries, ledger, breakers, purge tickets, and the counters of metrics.bin. Every transition writes them in an
+order that a crash at any point leaves recoverable (docs/DISPATCHER.md has
+the argument); what lives in process memory (free list, ready queue, timers,
+the dedup index) is rebuilt from them by :meth:`Outbox.recover`.
+
+An entry's states (bruto.shm.layout), and what moves it:
+
+| state      | event                          | next state, and what happens                          |
+| ---------- | ------------------------------ | ----------------------------------------------------- |
+| (intake)   | drained, id already held       | dropped as a duplicate                                |
+| (intake)   | drained                        | QUEUED, ready                                         |
+| QUEUED     | routing picks P                | SENT to P, fresh requestedAt; action Send             |
+| SENT       | 200                            | ledger += what was sent; FREE                         |
+| SENT       | 500 / 429 / no connection      | QUEUED, ready again after RETRY_BACKOFF               |
+| SENT       | 422                            | UNRESOLVED on P; lookup at once                       |
+| SENT       | timeout, dropped, other 5XX    | UNRESOLVED on P; lookup once absence is provable      |
+| SENT       | another 4XX                    | FREE (rejected; logged)                               |
+| SENT       | crash                          | UNRESOLVED on P (recovery)                            |
+| UNRESOLVED | lookup due                     | action Lookup on P                                    |
+| UNRESOLVED | lookup: stored                 | ledger += what P stored; FREE                         |
+| UNRESOLVED | lookup: 404, absence proven    | QUEUED, ready at once (may go anywhere)               |
+| UNRESOLVED | lookup: 404 not proven, error  | UNRESOLVED; lookup again later, backing off           |
+| QUEUED     | purge carried out              | FREE (drained before the purge was asked)             |
+
+Absence is proven (hole 3 of issue 11) when the lookup was asked at least
+``LOOKUP_MARGIN_US`` after the largest delay P showed or announced since the
+last attempt went out, or announced last before it, and P has answered a
+service-health call made after the attempt (bruto.dispatcher.delays).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+import logging
+
+import numpy as np
+
+from bruto.dispatcher import breaker
+from bruto.dispatcher import delays
+from bruto.dispatcher import routing
+from bruto.dispatcher.dedup import DedupIndex
+from bruto.dispatcher.metrics import DispatcherMetrics
+from bruto.dispatcher.outcomes import Health
+from bruto.dispatcher.outcomes import Outcome
+from bruto.dispatcher.outcomes import Stored
+from bruto.shm.layout import FREE
+from bruto.shm.layout import PROCESSOR_NAMES
+from bruto.shm.layout import QUEUED
+from bruto.shm.layout import SENT
+from bruto.shm.layout import UNRESOLVED
+from bruto.shm.layout import DispatcherRegions
+from bruto.shm.ledger import LedgerWriter
+
+log = logging.getLogger("bruto.dispatcher")
+
+# Wait before sending again after a definite failure (500, 429, no connection)
+# while the breaker stays closed: a stray failure costs 50 ms, no more.
+RETRY_BACKOFF_US = 50_000
+# Beyond the delay a request can spend inside a processor: the time to store
+# the row and for a lookup to see it, and clock differences.
+LOOKUP_MARGIN_US = 1_000_000
+# Lookups that settle nothing back off: 0.25 s, doubling, at most 30 s.
+LOOKUP_BACKOFF_US = 250_000
+LOOKUP_BACKOFF_MAX_US = 30_000_000
+# After the next service-health call is due, the time its answer may take.
+HEALTH_ANSWER_US = 200_000
+LATENCY_SAMPLES = 128
+LATENCY_PUBLISH_US = 500_000
+_MAX_ATTEMPTS = 65_535  # the counter is 16 bits
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Send:
+    """Action: POST the payment to ``processor``; answer with :meth:`Outbox.attempt_done`."""
+
+    entry: int
+    generation: int
+    processor: int
+    correlation_id: bytes
+    amount_cents: int
+    requested_at: int
+    timeout_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lookup:
+    """Action: GET the payment from ``processor``; answer with :meth:`Outbox.lookup_done`."""
+
+    entry: int
+    generation: int
+    processor: int
+    correlation_id: bytes
+    asked_at: int
+
+
+Action = Send | Lookup
+
+
+class Outbox:
+    """The dispatcher's core over its regions; see the module docstring.
+
+    Args:
+        regions: the shared regions (or in-memory ones, in tests).
+        policy: the routing policy.
+    """
+
+    def __init__(self, regions: DispatcherRegions, policy: routing.Policy):
+        self.policy = policy
+        self.stats = regions.dispatch.counters
+        self.metrics = DispatcherMetrics(regions.metrics)
+        self.in_flight = [0, 0]  # Sends out, per processor
+        self._slabs = regions.intake
+        self._cursors = regions.dispatch.records
+        self._dispatch = regions.dispatch.counters
+        self._entries = regions.outbox.records
+        self._in_use = regions.outbox.counters
+        self._ledger = LedgerWriter(regions.ledger)
+        self._health = regions.health.records
+        self._dedup = DedupIndex(regions.ledger.columns["correlation_id"], self._entries["correlation_id"])
+        self._generation = [0] * regions.outbox.capacity  # of each entry's one pending timer or action
+        self._free: list[int] = []
+        self._ready: collections.deque[int] = collections.deque()
+        self._timers: list[tuple[int, int, int]] = []  # heap of (due, entry, generation)
+        self._latencies = tuple(collections.deque(maxlen=LATENCY_SAMPLES) for _ in PROCESSOR_NAMES)
+        self._latency_published_at = 0
+        # What the health table says, per processor, kept here too: the
+        # outbox is the table's only writer (the poller's reports come
+        # through health_reported), so reading it back on every send is waste.
+        self._breakers = [breaker.Breaker(), breaker.Breaker()]
+        self._announced_ms = [0, 0]   # min_response_ms
+        self._p90_ms = [0, 0]         # latency_p90_ms
+        self._delay_seen = [(0, 0), (0, 0)]  # delays.record's last (second, largest)
+
+    # -- events ----------------------------------------------------------------
+
+    def recover(self, now: int) -> None:
+        """Start (or restart after a crash) from what the regions hold."""
+        for slot, cursor in enumerate(self._cursors):
+            if int(cursor["purge_claimed"]) > int(cursor["purges_done"]):
+                self._finish_purge(slot)  # committed before the crash: carry it out to the end
+        self.in_flight = [0, 0]
+        rows = self._health
+        self._breakers = [breaker.read(row) for row in rows]
+        self._announced_ms = [int(row["min_response_ms"]) for row in rows]
+        self._p90_ms = [int(row["latency_p90_ms"]) for row in rows]
+        self._delay_seen = [(0, 0), (0, 0)]
+        self._reindex(now, crashed=True)
+        self.stats["started_at"] = now
+        held = len(self._entries) - len(self._free)
+        log.info("recovered: %d payments in the outbox, %d in the ledger", held, self._dedup.size - held)
+
+    def drain(self, now: int) -> int:
+        """Move what the gateways accepted from intake into the outbox; returns how many records."""
+        limits = self._purge_limits(now)
+        dedup, entries, free, ready = self._dedup, self._entries, self._free, self._ready
+        moved = 0
+        for slot, slab in enumerate(self._slabs):
+            cursor = self._cursors[slot]
+            drained = int(cursor["drained"])
+            written = int(slab.counters["written"])  # load the publication counter first
+            if limits is not None:
+                written = min(written, limits[slot])  # what came after a pending purge waits for it
+            capacity = slab.capacity
+            while drained < written and free:
+                record = slab.records[drained % capacity]
+                correlation_id = record["correlation_id"].tobytes()
+                index = free[-1]
+                if dedup.insert(correlation_id, dedup.outbox_ref(index)) is not None:
+                    self.stats["duplicates_dropped"] += 1
+                    self.metrics.duplicate_dropped()
+                else:
+                    free.pop()
+                    entry = entries[index]
+                    entry["correlation_id"] = correlation_id
+                    entry["amount_cents"] = record["amount_cents"]
+                    entry["accepted_at"] = record["accepted_at"]
+                    entry["attempts"] = 0
+                    entry["state"] = QUEUED  # the entry is complete: publish it
+                    self._in_use["in_use"] += 1
+                    ready.append(index)
+                drained += 1
+                cursor["drained"] = drained  # after the entry: a crash re-drains, the index drops it
+                moved += 1
+        return moved
+
+    def poll(self, now: int) -> list[Action]:
+        """Time passed: what is due now (sends, lookups)."""
+        actions: list[Action] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, index, generation = heapq.heappop(timers)
+            if generation != self._generation[index]:
+                continue  # superseded
+            state = int(self._entries[index]["state"])
+            if state == QUEUED:
+                self._ready.appendleft(index)  # retries go first: they are the oldest
+            elif state == UNRESOLVED:
+                actions.append(self._lookup(index, now))
+        if self._ready:
+            self._send_ready(now, actions)
+        if now - self._latency_published_at >= LATENCY_PUBLISH_US:
+            self._publish_latency(now)
+        return actions
+
+    def attempt_done(self, send: Send, outcome: Outcome, now: int, elapsed_us: int) -> None:
+        """The answer to a :class:`Send` (or UNKNOWN if it ended any other way)."""
+        processor = send.processor
+        self.in_flight[processor] -= 1
+        self.metrics.answered(processor, outcome, elapsed_us)
+        self._record_delay(processor, now, elapsed_us // 1000)  # how long this processor takes now
+        if send.generation != self._generation[send.entry]:
+            return
+        index = send.entry
+        entry = self._entries[index]
+        if outcome is Outcome.STORED:
+            self._set_breaker(processor, breaker.succeeded)
+            self._latencies[processor].append(elapsed_us // 1000)
+            self._confirm(index, processor, send.requested_at, send.amount_cents, now)
+        elif outcome is Outcome.FAILED:
+            self.stats["failed"] += 1
+            self._set_breaker(processor, breaker.failed, now)
+            entry["state"] = QUEUED  # nothing was stored: free to go anywhere
+            self._schedule(index, now + RETRY_BACKOFF_US)
+        elif outcome is Outcome.DUPLICATE:
+            self._set_breaker(processor, breaker.succeeded)  # it answered, and it has the payment
+            entry["state"] = UNRESOLVED
+            self._schedule(index, now)  # a lookup tells what it stored
+        elif outcome is Outcome.REJECTED:
+            self.stats["rejected"] += 1
+            log.error("%s rejected payment %s outright; dropping it",
+                      PROCESSOR_NAMES[processor], send.correlation_id.hex())
+            self._release(index, forget=True)
+        else:
+            self.stats["unknown"] += 1
+            self._set_breaker(processor, breaker.failed, now)
+            entry["state"] = UNRESOLVED
+            self._schedule(index, self._provable_at(index))
+
+    def lookup_done(self, lookup: Lookup, found: Stored | Outcome | None, now: int) -> None:
+        """The answer to a :class:`Lookup`: Stored, None (404), or Outcome.UNKNOWN."""
+        index = lookup.entry
+        self.metrics.looked_up(lookup.processor, found)
+        if lookup.generation != self._generation[index]:
+            return
+        entry = self._entries[index]
+        if isinstance(found, Stored):
+            self._confirm(index, lookup.processor, found.requested_at, found.amount_cents, now)
+        elif found is None and self._absence_proven(index, lookup.asked_at):
+            entry["state"] = QUEUED  # stored by no one: free to go anywhere, with a new requestedAt
+            self._bump(index)
+            self._ready.appendleft(index)
+        else:
+            backoff = min(LOOKUP_BACKOFF_MAX_US, LOOKUP_BACKOFF_US << min(int(entry["attempts"]), 7))
+            due = now + backoff
+            if found is None:
+                due = max(due, self._provable_at(index))
+            self._schedule(index, due)
+
+    def health_reported(self, processor: int, report: Health, asked_at: int, now: int) -> None:
+        """A service-health answer to a call made at ``asked_at``."""
+        row = self._health[processor]
+        self._record_delay(processor, now, report.min_response_ms)  # the evidence before the claim it backs
+        row["min_response_ms"] = self._announced_ms[processor] = report.min_response_ms
+        row["failing"] = int(report.failing)
+        row["polled_at"] = asked_at
+        self._set_breaker(processor, breaker.reported, report.failing, now)
+
+    def pending_purges(self, now: int) -> list[int]:
+        """Slots whose purge ticket waits to be carried out (and may still be)."""
+        return [slot for slot in range(len(self._slabs)) if self._purge_pending(slot, now)]
+
+    def purge(self, slot: int, now: int) -> bool:
+        """Carry out the purge asked through ``slot``; False if it was cancelled or expired.
+
+        The caller holds the purge lock (bruto.shm.intake): the gateway
+        cancels a ticket it gave up on under the same lock, so a ticket is
+        either cancelled or committed here, never both.
+        """
+        if not self._purge_pending(slot, now):
+            return False
+        asked = self._slabs[slot].counters
+        for cursor, below in zip(self._cursors, asked["purge_below"]):
+            cursor["purge_below"] = below
+        self._dispatch["purge_ledger_below"] = asked["purge_ledger_below"]
+        self._cursors[slot]["purge_claimed"] = asked["purge_ticket"]  # the commit
+        self._finish_purge(slot)
+        self._reindex(now, crashed=False)
+        log.info("purged (asked through intake slot %d)", slot)
+        return True
+
+    # -- questions (the shell's and the tests') ---------------------------------
+
+    def wake_at(self, now: int) -> int | None:
+        """When :meth:`poll` will have something to do without another event; None: never."""
+        due = self._timers[0][0] if self._timers else None
+        if self._ready:
+            change = routing.next_change(tuple(self._breakers), now, self.policy)
+            if change is not None and (due is None or change < due):
+                due = change
+        return due
+
+    def waiting(self) -> set[int]:
+        """Entries with something scheduled: in the ready queue, or a live timer."""
+        live = {index for _, index, generation in self._timers if generation == self._generation[index]}
+        return live | set(self._ready)
+
+    def generation(self, entry: int) -> int:
+        return self._generation[entry]
+
+    # -- transitions -----------------------------------------------------------
+
+    def _send_ready(self, now: int, actions: list[Action]) -> None:
+        announced = self._announced_ms
+        latencies = (max(announced[0], self._p90_ms[0]), max(announced[1], self._p90_ms[1]))
+        while self._ready:
+            choice = routing.choose(tuple(self._breakers), latencies, tuple(self.in_flight), now, self.policy)
+            if choice is None:
+                return
+            processor = choice.processor
+            if choice.probe:
+                self._set_breaker(processor, breaker.probing, now)
+            index = self._ready.popleft()
+            entry = self._entries[index]
+            requested_at = now // 1000 * 1000  # whole milliseconds: what we send is what we keep
+            entry["processor"] = processor
+            entry["requested_at"] = requested_at
+            entry["sent_at"] = now
+            entry["announced_ms"] = min(announced[processor], 2**31 - 1)
+            self.metrics.attempt(processor, int(entry["attempts"]))
+            entry["attempts"] = min(int(entry["attempts"]) + 1, _MAX_ATTEMPTS)
+            entry["state"] = SENT  # written before the request leaves
+            self.in_flight[processor] += 1
+            self.stats["attempts"] += 1
+            actions.append(Send(index, self._bump(index), processor, entry["correlation_id"].tobytes(),
+                                int(entry["amount_cents"]), requested_at,
+                                routing.timeout_s(latencies[processor])))
+
+    def _lookup(self, index: int, now: int) -> Lookup:
+        entry = self._entries[index]
+        entry["attempts"] = min(int(entry["attempts"]) + 1, _MAX_ATTEMPTS)
+        self.stats["lookups"] += 1
+        return Lookup(index, self._bump(index), int(entry["processor"]), entry["correlation_id"].tobytes(), now)
+
+    def _confirm(self, index: int, processor: int, requested_at: int, amount_cents: int, now: int) -> None:
+        entry = self._entries[index]
+        correlation_id = entry["correlation_id"].tobytes()
+        slot = self._ledger.next_slot()
+        evicted = self._ledger.append(correlation_id, requested_at, amount_cents, processor)
+        if evicted is not None:
+            # The index covers what the ledger still holds, so it stays bounded.
+            self._dedup.remove(evicted, self._dedup.ledger_ref(slot))
+        self._dedup.move(correlation_id, self._dedup.outbox_ref(index), self._dedup.ledger_ref(slot))
+        self.stats["stored"] += 1
+        self.metrics.confirmed(processor, amount_cents, now - int(entry["accepted_at"]))
+        self._release(index, forget=False)  # after the ledger: a crash between finds the id there
+
+    def _release(self, index: int, forget: bool) -> None:
+        entry = self._entries[index]
+        if forget:
+            self._dedup.remove(entry["correlation_id"].tobytes(), self._dedup.outbox_ref(index))
+        entry["state"] = FREE
+        self._bump(index)
+        self._free.append(index)
+        self._in_use["in_use"] -= 1
+
+    def _schedule(self, index: int, due: int) -> None:
+        heapq.heappush(self._timers, (due, index, self._bump(index)))
+
+    def _bump(self, index: int) -> int:
+        """A new generation for the entry: whatever was pending for it before is void."""
+        self._generation[index] += 1
+        return self._generation[index]
+
+    def _set_breaker(self, processor: int, transition, *args) -> None:
+        before = self._breakers[processor]
+        after = transition(before, *args)
+        if after != before:
+            self._breakers[processor] = after
+            breaker.write(self._health[processor], after)
+
+    def _record_delay(self, processor: int, now: int, delay_ms: int) -> None:
+        second, largest = self._delay_seen[processor]
+        if now // delays.SECOND_US != second or delay_ms > largest:
+            self._delay_seen[processor] = delays.record(self._health[processor], now, delay_ms)
+
+    def _publish_latency(self, now: int) -> None:
+        """Publish each processor's recent p90 latency to the health table."""
+        self._latency_published_at = now
+        for processor, samples in enumerate(self._latencies):
+            if samples:
+                ordered = sorted(samples)
+                p90 = ordered[min(len(ordered) - 1, len(ordered) * 9 // 10)]
+                self._health[processor]["latency_p90_ms"] = self._p90_ms[processor] = p90
+
+    # -- exactly once: when a 404 proves a payment absent -------------------------
+
+    def _delay_bound_ms(self, index: int) -> int:
+        entry = self._entries[index]
+        row = self._health[int(entry["processor"])]
+        return max(int(entry["announced_ms"]), delays.largest_since(row, int(entry["sent_at"])))
+
+    def _absence_proven(self, index: int, asked_at: int) -> bool:
+        """Whether a 404 to a lookup asked at ``asked_at`` proves the processor never stores it."""
+        entry = self._entries[index]
+        sent_at = int(entry["sent_at"])
+        row = self._health[int(entry["processor"])]
+        if int(row["polled_at"]) <= sent_at:
+            return False  # the delay in force at the attempt may not be announced yet
+        return asked_at >= sent_at + self._delay_bound_ms(index) * 1000 + LOOKUP_MARGIN_US
+
+    def _provable_at(self, index: int) -> int:
+        """The earliest moment a lookup's 404 can prove absence, as far as is known now."""
+        entry = self._entries[index]
+        sent_at = int(entry["sent_at"])
+        row = self._health[int(entry["processor"])]
+        due = sent_at + self._delay_bound_ms(index) * 1000 + LOOKUP_MARGIN_US
+        if int(row["polled_at"]) <= sent_at:
+            due = max(due, int(row["next_poll_at"]) + HEALTH_ANSWER_US)
+        return due
+
+    # -- purges ----------------------------------------------------------------
+
+    def _purge_pending(self, slot: int, now: int) -> bool:
+        asked = self._slabs[slot].counters
+        ticket = int(asked["purge_ticket"])
+        return (ticket > int(self._cursors[slot]["purge_claimed"]) and ticket > int(asked["purge_cancelled"])
+                and now <= int(asked["purge_deadline"]))
+
+    def _purge_limits(self, now: int) -> list[int] | None:
+        """Per slot, where draining stops until the pending purges are carried out or given up."""
+        limits = None
+        for slot in range(len(self._slabs)):
+            if self._purge_pending(slot, now):
+                below = self._slabs[slot].counters["purge_below"]
+                marks = [int(below[i]) for i in range(len(self._slabs))]
+                limits = marks if limits is None else [min(a, b) for a, b in zip(limits, marks)]
+        return limits
+
+    def _finish_purge(self, slot: int) -> None:
+        """Carry out the claimed purge of ``slot`` (again, after a crash: every step is idempotent)."""
+        self._ledger.purge(below=int(self._dispatch["purge_ledger_below"]))
+        for cursor in self._cursors:
+            if int(cursor["drained"]) < int(cursor["purge_below"]):
+                cursor["drained"] = cursor["purge_below"]
+        # Every queued entry was accepted before the purge was asked: draining
+        # stopped at its marks while it was pending. Entries sent or unresolved
+        # stay: if a processor stores one, the ledger must say so.
+        states = self._entries["state"]
+        states[states == QUEUED] = FREE
+        self.stats["purges"] += 1
+        self.metrics.purged()
+        self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]
+
+    def _reindex(self, now: int, crashed: bool) -> None:
+        """Rebuild what lives in process memory from the regions."""
+        entries = self._entries
+        states = entries["state"]
+        if crashed:
+            states[states == SENT] = UNRESOLVED  # its answer is lost: the outcome is unknown
+        held = np.flatnonzero(states != FREE)
+        for index in self._dedup.rebuild(self._ledger.retained(), held):
+            entries[index]["state"] = FREE  # its id is in the ledger: confirmed just before a crash
+        self._free = [int(i) for i in np.flatnonzero(states == FREE)[::-1]]
+        self._in_use["in_use"] = len(entries) - len(self._free)
+        queued = np.flatnonzero(states == QUEUED)
+        self._ready = collections.deque(int(i) for i in queued[np.argsort(entries["accepted_at"][queued],
+                                                                          kind="stable")])
+        self._timers = []
+        for index in np.flatnonzero(states == UNRESOLVED):
+            self._schedule(int(index), self._provable_at(int(index)))

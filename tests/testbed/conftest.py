@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
+from gateway import free_port
 
 from bruto.testbed.stack import cli
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

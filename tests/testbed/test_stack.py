@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from gateway import free_port
 
 from bruto.testbed.bench.run import FLOOR_CONF
 from bruto.testbed.stack import cgroups
@@ -25,12 +25,6 @@ pytestmark = pytest.mark.slow  # real processes
 
 CGROUPS_UNAVAILABLE = cgroups.unavailable_reason()
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url, headers=None):

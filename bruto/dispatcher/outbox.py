@@ -9,10 +9,12 @@ shell (bruto.dispatcher.service) carries out and answers with the matching
 event. Nothing here reads a clock, opens a socket or sleeps.
 
 The state is the shared regions (bruto.shm.layout): intake cursors, outbox
-entries, ledger, breakers, purge tickets, and the counters of metrics.bin. Every transition writes them in an
+entries, ledger, breakers, purge tickets. Every transition writes them in an
 order that a crash at any point leaves recoverable (docs/DISPATCHER.md has
 the argument); what lives in process memory (free list, ready queue, timers,
-the dedup index) is rebuilt from them by :meth:`Outbox.recover`.
+the dedup index) is rebuilt from them by :meth:`Outbox.recover`. The events
+also count what happened in metrics.bin (bruto.dispatcher.metrics), which
+only the metrics endpoint and the inspector read.
 
 An entry's states (bruto.shm.layout), and what moves it:
 

@@ -132,8 +132,10 @@ def wait_http(port: int, what: str, log: Path, deadline_s: float = 30.0) -> None
 
 def start_bruto(tmp: Path, log, worker_class: str | None, capacity: int) -> Server:
     sock = tmp / "api1.sock"
+    # No dispatcher drains this intake: room for every request of the run,
+    # and no load shedding before the slab is full.
     env = dict(os.environ, BRUTO_SHM_DIR=str(tmp / "shm"), BRUTO_BIND=f"unix:{sock}", BRUTO_WORKERS="1",
-               BRUTO_LOG_LEVEL="warning", BRUTO_INTAKE_CAPACITY=str(capacity))
+               BRUTO_LOG_LEVEL="warning", BRUTO_INTAKE_CAPACITY=str(capacity), BRUTO_SHED_BACKLOG=str(capacity))
     if worker_class:
         env["BRUTO_WORKER_CLASS"] = worker_class
     gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:bruto.gateway.gunicorn_conf"],

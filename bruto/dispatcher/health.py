@@ -62,7 +62,7 @@ class HealthPoller:
             report = self._clients[processor].health()
         except Exception:
             log.exception("%s health call failed", PROCESSOR_NAMES[processor])
-            return
+            report = None  # counted as a failed poll, like any other trouble
         now = now_us()
         if self._metrics is not None:
             self._metrics.health_polled(processor, report)

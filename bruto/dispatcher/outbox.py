@@ -462,9 +462,11 @@ class Outbox:
         # stay: if a processor stores one, the ledger must say so.
         states = self._entries["state"]
         states[states == QUEUED] = FREE
-        self.stats["purges"] += 1
-        self.metrics.purged()
+        finished = int(self._cursors[slot]["purges_done"]) < int(self._cursors[slot]["purge_claimed"])
         self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]
+        if finished:  # counted once, even when a crash made recovery finish it again
+            self.stats["purges"] += 1
+            self.metrics.purged()
 
     def _reindex(self, now: int, crashed: bool) -> None:
         """Rebuild what lives in process memory from the regions."""

@@ -8,8 +8,8 @@ challenge's sets a token, or turns the route off:
 
 | access  | request                                   | answer                         |
 | ------- | ----------------------------------------- | ------------------------------ |
-| open    | any                                       | the purge (200, or 503)        |
-| token   | ``X-Bruto-Token`` equal to the token      | the purge (200, or 503)        |
+| open    | any                                       | the purge (200, 202 or 503)    |
+| token   | ``X-Bruto-Token`` equal to the token      | the purge (200, 202 or 503)    |
 | token   | header missing or different               | 401, nothing purged            |
 | off     | any                                       | 403, nothing purged            |
 

@@ -125,7 +125,7 @@ def _processors(processors: dict, bounds: list[int]):
                           "minResponseTime of the last service-health.")
     p90 = family(GaugeMetricFamily, "bruto_processor_latency_p90_seconds", "p90 of the recent successful payments.")
     polled = family(GaugeMetricFamily, "bruto_processor_health_polled_timestamp_seconds",
-                    "When the last service-health answer arrived (0: never).")
+                    "When the call behind the last service-health answer was made (0: never).")
     state = family(GaugeMetricFamily, "bruto_breaker_state",
                    "Circuit breaker state: 0 closed, 1 open, 2 half-open (one probe payment out).")
     failures = family(GaugeMetricFamily, "bruto_breaker_consecutive_failures", "Failed attempts in a row.")

@@ -74,7 +74,10 @@ class IntakeWriter:
         claim and no purge lock, for a single process; no shedding unless ``shed_backlog``."""
         writer = cls.__new__(cls)
         writer.slot, writer._lock_fd = slot, None
-        writer._attach(regions.intake, regions.ledger, regions.dispatch, regions.outbox, None,
+        # Without shedding, the limit is the slab's capacity and the outbox
+        # counted against it is an empty one: only a full slab refuses.
+        outbox = regions.outbox if shed_backlog else Region.in_memory(OUTBOX, 1)
+        writer._attach(regions.intake, regions.ledger, regions.dispatch, outbox, None,
                        shed_backlog or regions.intake[slot].capacity)
         return writer
 
@@ -164,7 +167,8 @@ class IntakeWriter:
         with self._purge_lock():
             if int(self._cursor["purge_claimed"]) >= ticket:
                 return False
-            self._counters["purge_cancelled"] = ticket
+            # Never backwards: a late cancel of an older ticket must not revive a newer one's.
+            self._counters["purge_cancelled"] = max(ticket, int(self._counters["purge_cancelled"]))
             return True
 
     def _purge_lock(self):

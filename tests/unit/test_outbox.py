@@ -23,6 +23,7 @@ from bruto.dispatcher.outbox import Send
 from bruto.dispatcher.outcomes import Health
 from bruto.dispatcher.outcomes import Outcome
 from bruto.dispatcher.outcomes import Stored
+from bruto.shm.intake import IntakeFull
 from bruto.shm.intake import IntakeWriter
 from bruto.shm.layout import DEFAULT
 from bruto.shm.layout import FALLBACK
@@ -331,3 +332,31 @@ def test_an_unresolved_entry_is_looked_up_on_its_processor_only(outcome):
             world.outbox.lookup_done(lookup, Stored(send.requested_at, 1990), world.now)
     assert world.ledger() == {payment: (DEFAULT, send.requested_at)}
     assert world.state(payment) == FREE
+
+
+def test_a_writer_over_test_regions_refuses_only_when_its_slab_is_full():
+    """IntakeWriter.over without shed_backlog: what waits in the outbox does not
+    make it refuse early, so the model tests reach a full outbox with intake
+    still taking payments."""
+    world = World(slots=1, outbox_capacity=4)
+    world.announce(DEFAULT, 0, failing=True)
+    world.announce(FALLBACK, 0, failing=True)  # both down: everything waits in the outbox
+    for _ in range(4):
+        world.accept()
+    world.step()
+    assert int(world.regions.outbox.counters["in_use"]) == 4
+    for _ in range(16):  # the slab's capacity
+        world.accept()
+    with pytest.raises(IntakeFull):
+        world.accept()
+
+
+def test_a_late_cancel_of_an_older_purge_does_not_revive_a_newer_cancelled_one():
+    world = World()
+    writer = world.writers[0]
+    first = writer.request_purge(deadline=world.now + 5 * S)
+    second = writer.request_purge(deadline=world.now + 6 * S)
+    assert writer.cancel_purge(second)  # answered 503: it must never happen
+    assert writer.cancel_purge(first)
+    world.step(1)  # before the second's deadline
+    assert not writer.purge_done(second)

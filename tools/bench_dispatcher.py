@@ -32,6 +32,7 @@ from bruto.dispatcher.service import Dispatcher  # noqa: E402
 from bruto.shm.intake import IntakeWriter  # noqa: E402
 from bruto.shm.layout import create_all  # noqa: E402
 from bruto.testbed.emulator.control import Emulator  # noqa: E402
+from bruto.timefmt import now_us  # noqa: E402
 
 
 def _body() -> bytes:
@@ -77,7 +78,7 @@ def dispatcher_cost(url: str, payments: int) -> tuple[float, float]:
     dispatcher = Dispatcher(settings)
     dispatcher.recover()
     for _ in range(payments):
-        writer.append(uuid.uuid4().bytes, 1990, 0)
+        writer.append(uuid.uuid4().bytes, 1990, now_us())
     cpu, wall = time.process_time(), time.perf_counter()
     while int(dispatcher.outbox.stats["stored"]) < payments:
         dispatcher.step()

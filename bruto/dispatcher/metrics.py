@@ -32,6 +32,10 @@ FOUND, NOT_FOUND, LOOKUP_UNKNOWN = (LOOKUP_RESULTS.index(r) for r in ("found", "
 POLL_OK, POLL_RATE_LIMITED, POLL_FAILED = (HEALTH_POLL_RESULTS.index(r) for r in ("ok", "rate_limited", "failed"))
 
 
+# An hour: beyond every histogram bound, and 2.5 billion of them still fit the int64 sum.
+MAX_WAIT_US = 3_600_000_000
+
+
 def bucket_of(microseconds: int) -> int:
     """The histogram bucket of a duration: the first whose upper bound is not below it."""
     return bisect.bisect_left(LATENCY_BOUNDS_US, microseconds)
@@ -84,7 +88,10 @@ class DispatcherMetrics:
         """A payment entered the ledger, ``waited_us`` after it was accepted."""
         self._confirmed[processor] += 1
         self._confirmed_cents[processor] += amount_cents
-        waited_us = max(waited_us, 0)  # accepted_at comes from another process's clock reading
+        # accepted_at comes from another process's clock reading, and a wrong
+        # one must not overflow the sum (an int64 store that overflows raises,
+        # and the dispatcher would exit): counted within [0, MAX_WAIT_US].
+        waited_us = min(max(waited_us, 0), MAX_WAIT_US)
         self._wait_sum[0] += waited_us
         self._wait_buckets[bucket_of(waited_us)] += 1
 

@@ -39,6 +39,7 @@ from bruto.shm.layout import open_ledger
 from bruto.shm.ledger import totals
 from bruto.testbed.emulator.control import Processors
 from bruto.testbed.stack import cgroups
+from bruto.timefmt import now_us
 
 MB = 1 << 20
 
@@ -101,7 +102,7 @@ def _soak(args, settings: Settings, dispatcher: subprocess.Popen, groups: dict, 
     while True:
         while fed < args.payments:
             try:
-                writer.append(uuid.uuid4().bytes, 1990, 0)
+                writer.append(uuid.uuid4().bytes, 1990, now_us())
             except IntakeFull:
                 break
             fed += 1

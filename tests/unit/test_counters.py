@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bruto import inspector
 from bruto.config import Settings
 from bruto.dispatcher import breaker
+from bruto.dispatcher.metrics import MAX_WAIT_US
 from bruto.dispatcher.metrics import DispatcherMetrics
 from bruto.dispatcher.metrics import bucket_of
 from bruto.dispatcher.processor import Health
@@ -174,6 +175,17 @@ def test_the_dispatchers_counters_are_rendered_as_counters_and_histograms(shm):
     assert value("bruto_outbox_wait_seconds_bucket", le="0.05") == 2
     assert value("bruto_outbox_wait_seconds_sum") == pytest.approx(0.04)
     assert value("bruto_dispatcher_up") == 0  # no dispatcher holds the lock
+
+
+def test_a_wrong_acceptance_time_never_overflows_the_wait_sum(shm):
+    """An accepted_at of 0 (a writer with no clock, a tool) made each wait ~1.7e15 µs:
+    a few thousand of them overflowed the int64 sum, and the store raised in the dispatcher."""
+    region = open_metrics(shm)
+    metrics = DispatcherMetrics(region)
+    for _ in range(10_000):
+        metrics.confirmed(0, 1990, waited_us=1_700_000_000_000_000)
+    assert int(region.counters["outbox_wait_sum_us"]) == 10_000 * MAX_WAIT_US
+    assert int(region.records[0]["confirmed"]) == 10_000
 
 
 def test_health_and_breakers_are_rendered(shm):

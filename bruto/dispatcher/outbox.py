@@ -190,6 +190,7 @@ class Outbox:
                     entry["amount_cents"] = record["amount_cents"]
                     entry["accepted_at"] = record["accepted_at"]
                     entry["attempts"] = 0
+                    entry["purged"] = 0
                     entry["state"] = QUEUED  # the entry is complete: publish it
                     self._in_use["in_use"] += 1
                     ready.append(index)
@@ -234,8 +235,11 @@ class Outbox:
         elif outcome is Outcome.FAILED:
             self.stats["failed"] += 1
             self._set_breaker(processor, breaker.failed, now)
-            entry["state"] = QUEUED  # nothing was stored: free to go anywhere
-            self._schedule(index, now + RETRY_BACKOFF_US)
+            if entry["purged"]:
+                self._release(index, forget=True)  # stored nowhere, and purged since: gone
+            else:
+                entry["state"] = QUEUED  # nothing was stored: free to go anywhere
+                self._schedule(index, now + RETRY_BACKOFF_US)
         elif outcome is Outcome.DUPLICATE:
             self._set_breaker(processor, breaker.succeeded)  # it answered, and it has the payment
             entry["state"] = UNRESOLVED
@@ -261,9 +265,12 @@ class Outbox:
         if isinstance(found, Stored):
             self._confirm(index, lookup.processor, found.requested_at, found.amount_cents, now)
         elif found is None and self._absence_proven(index, lookup.asked_at):
-            entry["state"] = QUEUED  # stored by no one: free to go anywhere, with a new requestedAt
-            self._bump(index)
-            self._ready.appendleft(index)
+            if entry["purged"]:
+                self._release(index, forget=True)  # stored by no one, and purged since: gone
+            else:
+                entry["state"] = QUEUED  # stored by no one: free to go anywhere, with a new requestedAt
+                self._bump(index)
+                self._ready.appendleft(index)
         else:
             backoff = min(LOOKUP_BACKOFF_MAX_US, LOOKUP_BACKOFF_US << min(int(entry["attempts"]), 7))
             due = now + backoff
@@ -459,8 +466,10 @@ class Outbox:
                 cursor["drained"] = cursor["purge_below"]
         # Every queued entry was accepted before the purge was asked: draining
         # stopped at its marks while it was pending. Entries sent or unresolved
-        # stay: if a processor stores one, the ledger must say so.
+        # stay: if a processor stores one, the ledger must say so; if none
+        # does, they go when that is known, never sent again.
         states = self._entries["state"]
+        self._entries["purged"][(states == SENT) | (states == UNRESOLVED)] = 1
         states[states == QUEUED] = FREE
         finished = int(self._cursors[slot]["purges_done"]) < int(self._cursors[slot]["purge_claimed"])
         self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]

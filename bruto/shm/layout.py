@@ -130,7 +130,7 @@ STATE_NAMES = ("free", "queued", "sent", "unresolved")
 
 OUTBOX = Layout(
     kind=b"outbox",
-    version=2,
+    version=3,
     counters=np.dtype([
         ("in_use", "<i8"),
     ]),
@@ -144,6 +144,7 @@ OUTBOX = Layout(
         ("attempts", "<u2"),         # sends and lookups so far (backoff)
         ("state", "u1"),
         ("processor", "u1"),         # target of the last attempt
+        ("purged", "u1"),            # 1: out when a purge was carried out; kept only if a processor stored it
     ]),
 )
 

@@ -360,3 +360,45 @@ def test_a_late_cancel_of_an_older_purge_does_not_revive_a_newer_cancelled_one()
     assert writer.cancel_purge(first)
     world.step(1)  # before the second's deadline
     assert not writer.purge_done(second)
+
+
+def test_a_payment_out_during_a_purge_is_not_sent_again_when_its_attempt_fails():
+    world = World()
+    world.accept()
+    [send] = world.step()
+    ticket = world.writers[0].request_purge(deadline=world.now + 5 * S)
+    world.step()
+    assert world.writers[0].purge_done(ticket)  # POST /purge-payments answered 200
+    world.outbox.attempt_done(send, Outcome.FAILED, world.now, 1000)  # the processor stored nothing
+    assert [a for a in world.step(0.1) if isinstance(a, Send)] == []
+    assert int(world.regions.outbox.counters["in_use"]) == 0
+    assert world.outbox.waiting() == set()
+
+
+def test_a_payment_out_during_a_purge_is_kept_if_the_processor_stored_it():
+    world = World()
+    paid = world.accept()
+    [send] = world.step()
+    ticket = world.writers[0].request_purge(deadline=world.now + 5 * S)
+    world.step()
+    assert world.writers[0].purge_done(ticket)
+    world.outbox.attempt_done(send, Outcome.STORED, world.now, 1000)
+    assert world.ledger() == {paid: (DEFAULT, send.requested_at)}
+
+
+def test_a_payment_unresolved_during_a_purge_goes_once_a_lookup_proves_it_absent():
+    world = World()
+    world.announce(DEFAULT, 0)
+    world.accept()
+    [send] = world.step()
+    world.outbox.attempt_done(send, Outcome.UNKNOWN, world.now, 7 * S)  # timed out: unresolved
+    ticket = world.writers[0].request_purge(deadline=world.now + 5 * S)
+    world.step()
+    assert world.writers[0].purge_done(ticket)
+    world.step(6)
+    world.announce(DEFAULT, 0)  # a poll after the attempt: the delay in force is known
+    lookups = [a for a in world.step(LOOKUP_MARGIN_US / S + 1) if isinstance(a, Lookup)]
+    assert lookups
+    world.outbox.lookup_done(lookups[-1], None, world.now)  # 404, absence proven
+    assert [a for a in world.step(1) if isinstance(a, Send)] == []
+    assert int(world.regions.outbox.counters["in_use"]) == 0

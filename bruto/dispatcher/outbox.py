@@ -461,16 +461,29 @@ class Outbox:
     def _finish_purge(self, slot: int) -> None:
         """Carry out the claimed purge of ``slot`` (again, after a crash: every step is idempotent)."""
         self._ledger.purge(below=int(self._dispatch["purge_ledger_below"]))
+        # The gateway reads the marks slab by slab before it publishes the
+        # ticket: a payment accepted past its slab's mark in between may have
+        # been drained already. It came after the request, so it stays.
+        after = set()
+        for cursor, slab in zip(self._cursors, self._slabs):
+            for n in range(int(cursor["purge_below"]), int(cursor["drained"])):
+                after.add(slab.records[n % slab.capacity]["correlation_id"].tobytes())
         for cursor in self._cursors:
             if int(cursor["drained"]) < int(cursor["purge_below"]):
                 cursor["drained"] = cursor["purge_below"]
-        # Every queued entry was accepted before the purge was asked: draining
-        # stopped at its marks while it was pending. Entries sent or unresolved
-        # stay: if a processor stores one, the ledger must say so; if none
-        # does, they go when that is known, never sent again.
+        # Every other queued entry was accepted before the purge was asked:
+        # draining stopped at the marks while it was pending. Entries sent or
+        # unresolved stay: if a processor stores one, the ledger must say so;
+        # if none does, they go when that is known, never sent again.
         states = self._entries["state"]
         self._entries["purged"][(states == SENT) | (states == UNRESOLVED)] = 1
-        states[states == QUEUED] = FREE
+        queued = states == QUEUED
+        if after:
+            ids = self._entries["correlation_id"]
+            for index in np.flatnonzero(queued):
+                if ids[index].tobytes() in after:
+                    queued[index] = False
+        states[queued] = FREE
         finished = int(self._cursors[slot]["purges_done"]) < int(self._cursors[slot]["purge_claimed"])
         self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]
         if finished:  # counted once, even when a crash made recovery finish it again

@@ -402,3 +402,25 @@ def test_a_payment_unresolved_during_a_purge_goes_once_a_lookup_proves_it_absent
     world.outbox.lookup_done(lookups[-1], None, world.now)  # 404, absence proven
     assert [a for a in world.step(1) if isinstance(a, Send)] == []
     assert int(world.regions.outbox.counters["in_use"]) == 0
+
+
+def test_a_payment_accepted_while_the_purge_marks_are_read_survives_the_purge():
+    """The gateway reads the marks, then publishes the ticket; a payment accepted in
+    another slab and drained in between came after the request."""
+    world = World()
+    world.announce(DEFAULT, 0, failing=True)
+    world.announce(FALLBACK, 0, failing=True)  # both down: payments stay QUEUED
+    before = world.accept(1)
+    world.step()
+    asking = world.writers[0].slab.counters
+    for slot, slab in enumerate(world.regions.intake):
+        asking["purge_below"][slot] = int(slab.counters["written"])  # the marks
+    asking["purge_ledger_below"] = int(world.regions.ledger.counters["count"])
+    asking["purge_deadline"] = world.now + 5 * S
+    late = world.accept(1)  # accepted after its slab's mark was read ...
+    world.outbox.drain(world.now)  # ... and drained before the ticket appears
+    asking["purge_ticket"] = 1  # the ticket is published
+    world.step()
+    assert world.writers[0].purge_done(1)
+    assert world.state(before) == FREE
+    assert world.state(late) == QUEUED

@@ -76,6 +76,10 @@ class DispatcherMetrics:
         self._send_sum[processor] += elapsed_us
         self._send_buckets[processor, bucket_of(elapsed_us)] += 1
 
+    def answered_nothing(self, processor: int) -> None:
+        """A POST whose answer a dispatcher's crash lost: its outcome is unknown, its time too."""
+        self._outcomes[processor, OUTCOME_INDEX[Outcome.UNKNOWN]] += 1
+
     def looked_up(self, processor: int, found) -> None:
         """A GET /payments/{id} answered ``found`` (what ProcessorClient.lookup returns)."""
         if isinstance(found, Stored):

@@ -181,6 +181,7 @@ class Outbox:
                 correlation_id = record["correlation_id"].tobytes()
                 index = free[-1]
                 if dedup.insert(correlation_id, dedup.outbox_ref(index)) is not None:
+                    # (a record drained just before a crash, re-drained after it, is counted here too)
                     self.stats["duplicates_dropped"] += 1
                     self.metrics.duplicate_dropped()
                 else:
@@ -495,7 +496,10 @@ class Outbox:
         entries = self._entries
         states = entries["state"]
         if crashed:
-            states[states == SENT] = UNRESOLVED  # its answer is lost: the outcome is unknown
+            sent = states == SENT
+            for processor in entries["processor"][sent]:
+                self.metrics.answered_nothing(int(processor))
+            states[sent] = UNRESOLVED  # its answer is lost: the outcome is unknown
         held = np.flatnonzero(states != FREE)
         for index in self._dedup.rebuild(self._ledger.retained(), held):
             entries[index]["state"] = FREE  # its id is in the ledger: confirmed just before a crash

@@ -28,6 +28,7 @@ from bruto.shm.intake import IntakeWriter
 from bruto.shm.layout import DEFAULT
 from bruto.shm.layout import FALLBACK
 from bruto.shm.layout import FREE
+from bruto.shm.layout import OUTCOMES
 from bruto.shm.layout import QUEUED
 from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import DispatcherRegions
@@ -424,3 +425,14 @@ def test_a_payment_accepted_while_the_purge_marks_are_read_survives_the_purge():
     assert world.writers[0].purge_done(1)
     assert world.state(before) == FREE
     assert world.state(late) == QUEUED
+
+
+def test_a_crash_leaves_no_attempt_without_an_outcome():
+    world = World()
+    world.accept()
+    world.accept()
+    assert len(world.step()) == 2  # both out to default
+    world.restart()  # the crash lost both answers
+    metrics = world.regions.metrics
+    assert int(metrics.records["attempts"].sum()) == 2
+    assert int(metrics.records["outcomes"][DEFAULT, OUTCOMES.index("unknown")]) == 2

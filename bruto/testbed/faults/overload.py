@@ -2,6 +2,7 @@
 
     bruto-overload                          # the figures: k6 at 2,200 VUs, then a 30 s burst
     bruto-overload --no-k6 --burst-s 10     # the burst alone
+    bruto-overload --slow-clients-s 15      # first, paced load without and beside 320 slow clients
 
 The world is the fault matrix's (bruto.testbed.faults.matrix.World: the
 supervised ``bruto-stack``, ``--limits`` by default, its processors the
@@ -50,6 +51,7 @@ from bruto.testbed.faults.matrix import CI
 from bruto.testbed.faults.matrix import World
 from bruto.testbed.faults.matrix import accounting
 from bruto.testbed.faults.matrix import lookup_all
+from bruto.testbed.slowloris import SlowClients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +178,32 @@ def burst_phase(world: World, burst: Burst) -> dict:
     }
 
 
+def slow_clients_phase(world: World, seconds: float) -> dict:
+    """The paced load alone, then beside 320 slow connections (bruto.testbed.slowloris): its latency both ways."""
+    restarts = world.restarts()
+    world.baseline = sum(e.admin_summary()["totalRequests"] for e in world.emulators.values())
+    alone = Load(world.url, CI.rate, CI.clients).start()
+    time.sleep(seconds)
+    alone.stop()
+    with SlowClients("127.0.0.1", world.port) as slow:
+        beside = Load(world.url, CI.rate, CI.clients).start()
+        time.sleep(seconds)
+        beside.stop()
+        held = slow.open
+    accepted = {cid for load in (alone, beside) for cid in load.accepted()}
+    problems = settle(world, len(accepted), FIGURES.settle_s)
+    stored = lookup_all(world, [a.correlation_id for load in (alone, beside) for a in load.attempts])
+    return {
+        "alone": outcomes(alone) | percentiles([a.latency_s for a in alone.attempts]),
+        "beside_slow_clients": outcomes(beside) | percentiles([a.latency_s for a in beside.attempts]),
+        "slow_connections": dict(slow.counts),
+        "slow_connections_still_open": held,
+        **accounting(stored, accepted),
+        "not_whole": problems,
+        "restarts": restarts_since(world, restarts),
+    }
+
+
 def all_accepted_since(load: Load) -> float | None:
     """Seconds into ``load`` (which starts as the burst ends) from which every payment got 202; None if never."""
     if not load.attempts:
@@ -198,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-clients", type=int, default=FIGURES.clients)
     parser.add_argument("--burst-delay-ms", type=int, default=FIGURES.delay_ms)
     parser.add_argument("--recover-s", type=float, default=FIGURES.recover_s)
+    parser.add_argument("--slow-clients-s", type=float, default=0.0,
+                        help="first, this long paced load alone and as long beside 320 slow connections")
     parser.add_argument("--no-limits", action="store_true", help="do not confine the stack (bruto-stack --limits)")
     parser.add_argument("--shed-backlog", type=int, help="BRUTO_SHED_BACKLOG of the stack (default: bruto's)")
     parser.add_argument("--json", help="write the figures here")
@@ -210,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     world = World(work_dir, stack_args=() if args.no_limits else ("--limits",), env=env).start()
     figures: dict = {"limits": not args.no_limits, "env": env}
     try:
+        if args.slow_clients_s:
+            figures["slow_clients"] = slow_clients_phase(world, args.slow_clients_s)
+            print(json.dumps({"slow_clients": figures["slow_clients"]}), flush=True)
         if not args.no_k6:
             figures["k6"] = k6_phase(world, work_dir, args.vus, burst.settle_s)
             print(json.dumps({"k6": figures["k6"]}), flush=True)
@@ -220,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(figures, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
-    phases = [figures[name] for name in ("k6", "burst") if name in figures]
+    phases = [figures[name] for name in ("slow_clients", "k6", "burst") if name in figures]
     kept = all(not p["not_whole"] and not p["restarts"] for p in phases)
     burst_figures = figures["burst"]
     zeros = ("lost", "doubled", "stored_though_503")

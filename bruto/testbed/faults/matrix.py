@@ -289,17 +289,26 @@ class Watch:
         return self
 
     def stop(self) -> None:
+        """Stop sampling, after one last sample: the row stops the watch the moment it finds the
+        service whole, and that moment must be in the samples whatever the period."""
         self._stop.set()
         self._thread.join()
+        self._sample()
+
+    def measure(self) -> tuple[bool, int]:
+        """Now: whether ``bruto-stack status`` is clean, and how many payments wait."""
+        try:
+            clean = not cli.inspect(runner.Stack(self.world.run_dir))[1]
+        except (runner.StackError, ValueError, OSError):
+            clean = False
+        return clean, cli.unsent_payments(self.world.shm_dir)
+
+    def _sample(self) -> None:
+        self.samples.append((time.monotonic(), *self.measure()))
 
     def _run(self) -> None:
-        stack = runner.Stack(self.world.run_dir)
         while not self._stop.wait(self.interval_s):
-            try:
-                clean = not cli.inspect(stack)[1]
-            except (runner.StackError, ValueError, OSError):
-                clean = False
-            self.samples.append((time.monotonic(), clean, cli.unsent_payments(self.world.shm_dir)))
+            self._sample()
 
     def waiting_before(self, t: float) -> int:
         return max((waiting for at, _, waiting in self.samples if at < t), default=0)
@@ -336,6 +345,7 @@ def run_row(world: World, row: Row, timing: Timing) -> dict:
     while (problems := world.problems(accepted)) and time.monotonic() < deadline:
         time.sleep(0.2)
     watch.stop()
+    settled = snapshot.read(world.shm_dir)
     # Whole again: clean status, and no more payments waiting than the most seen before the fault
     # (what is normally in flight at this load).
     normal = max(watch.waiting_before(injected), 1)
@@ -358,7 +368,11 @@ def run_row(world: World, row: Row, timing: Timing) -> dict:
         "probes": len(probe.values),
         "probes_failed": probe.failures,
         "whole_after_s": whole_after_s,
-        "not_whole": problems,
+        "not_whole": problems or ([] if since is not None else
+                                  [f"sampled after the fault's end (s, status clean, payments waiting; normal "
+                                   f"{normal}): {[(round(at - ended, 1), c, w) for at, c, w in watch.samples[-5:]]}; "
+                                   f"then outbox {settled['outbox']}, intake backlog {settled['gateway']['backlog']}, "
+                                   f"ledger {settled['ledger']['count']}"]),
         "restarts": restarts,
     }
 

@@ -264,7 +264,8 @@ ROWS = [
     Row("processor-late", f"default stores each payment and answers 200 {LATE_S:g} s later, past bruto's "
         "timeout (3 s of requests)", "inconsistency: as for close, for longer (the timeout comes first)"),
     Row("processor-down", "default refuses connections (3 s), then accepts them again",
-        "nothing stored while it is down: refused attempts are retried"),
+        "nothing stored while it is down: refused attempts are retried; inconsistency: payments whose "
+        "connection was cut as it went down, after it stored them, are in the ledger once a lookup confirms them"),
 ]
 ROW_NAMES = [row.name for row in ROWS]
 

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 import requests
-from conftest import free_port
+from gateway import free_port
 from test_stack import get_json
 from test_stack import recorded
 from test_supervision import wait_until

@@ -162,15 +162,15 @@ class World:
 
     # -- whole? ----------------------------------------------------------------
 
-    def problems(self, accepted: list[str]) -> list[str]:
-        """What keeps the service from being whole (nothing: it is)."""
+    def problems(self, accepted: int) -> list[str]:
+        """What keeps the service from being whole, ``accepted`` payments past the baseline (nothing: it is)."""
         try:
             _, found = cli.inspect(runner.Stack(self.run_dir))
         except (runner.StackError, ValueError, OSError) as error:
             return [f"status: {error}"]
         if found:
             return found
-        return summary_problems(self.url, self.emulators, self.baseline + len(accepted))
+        return summary_problems(self.url, self.emulators, self.baseline + accepted)
 
     baseline = 0  # payments confirmed before the row began
 
@@ -343,7 +343,7 @@ def run_row(world: World, row: Row, timing: Timing) -> dict:
         load.stop()
     accepted = load.accepted()
     deadline = ended + timing.settle_s
-    while (problems := world.problems(accepted)) and time.monotonic() < deadline:
+    while (problems := world.problems(len(accepted))) and time.monotonic() < deadline:
         time.sleep(0.2)
     watch.stop()
     settled = snapshot.read(world.shm_dir)

@@ -78,7 +78,7 @@ def shed_count(world: World) -> int:
 def settle(world: World, accepted: int, deadline_s: float) -> list[str]:
     """Wait until the stack is whole and confirmed ``accepted`` more than its baseline; what is still wrong."""
     deadline = time.monotonic() + deadline_s
-    while (problems := world.problems([None] * accepted)) and time.monotonic() < deadline:
+    while (problems := world.problems(accepted)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return problems
 

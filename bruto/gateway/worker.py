@@ -505,6 +505,10 @@ class HttptoolsGeventWorker(GeventWorker):
             chunks.append(answer)
             if not keep_alive:
                 break
+            if len(ready) > 1:
+                # NOTE: pipelined requests: the worker's other connections go in between, or one
+                # client's hundreds of requests hold them all up (docs/RELIABILITY.md, slow clients).
+                gevent.sleep(0)
         ready.clear()
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), keep_alive
 

@@ -4,7 +4,7 @@ Asserts answers, never timings: every normal payment is answered 202 and
 stored exactly once, the workers are the ones that started, and the slow
 connections are still held open (bruto neither served them nor had to drop
 them to serve the others). The latency normal traffic sees meanwhile is a
-benchmark figure (docs/RELIABILITY.md, tools/bench_slow_clients.py).
+benchmark figure (docs/RELIABILITY.md, ``bruto-overload --slow-clients-s``).
 """
 
 from __future__ import annotations

@@ -118,12 +118,14 @@ class Compose:
         directory: The checkout holding the compose files.
         file: The compose file's name.
         log: Where every command's output is appended.
+        project: The compose project's name (``-p``); the file's ``name`` if None.
     """
 
-    def __init__(self, directory: Path, file: str, log: Path):
+    def __init__(self, directory: Path, file: str, log: Path, project: str | None = None):
         self.directory = directory
         self.file = file
         self.log = log
+        self.project = project
 
     def run(self, *args: str, capture: bool = False) -> str:
         """``docker compose -f FILE ARGS``; its output when ``capture``.
@@ -131,7 +133,7 @@ class Compose:
         Raises:
             StackError: It failed; the message has the end of its output.
         """
-        argv = ["docker", "compose", "-f", self.file, *args]
+        argv = ["docker", "compose", "-f", self.file, *(("-p", self.project) if self.project else ()), *args]
         with open(self.log, "ab") as log:
             log.write(f"$ {' '.join(argv)}\n".encode())
             log.flush()

@@ -42,12 +42,12 @@ class Emulator:
         token: The admin token this client sends (kept in step by `set_token`).
     """
 
-    def __init__(self, process: subprocess.Popen, url: str, fee: str, token: str):
+    def __init__(self, process: subprocess.Popen | None, url: str, fee: str, token: str):
         self._process = process
         self._http = requests.Session()
         self.url = url
         self.port = int(url.rsplit(":", 1)[1])
-        self.pid = process.pid
+        self.pid = None if process is None else process.pid
         self.fee = fee
         self.token = token
 
@@ -82,9 +82,16 @@ class Emulator:
             raise RuntimeError(f"emulator did not start: {command} printed {line!r}")
         return cls(process, line[len(_READY_PREFIX):].strip(), str(fee), token)
 
+    @classmethod
+    def at(cls, url: str, fee: str = DEFAULT_FEE, token: str = DEFAULT_TOKEN) -> Emulator:
+        """An admin client for an emulator running elsewhere (a container); `stop()` only closes the client."""
+        return cls(None, url, fee, token)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Terminates the process (SIGTERM, then SIGKILL after `timeout` seconds)."""
         self._http.close()
+        if self._process is None:
+            return
         if self._process.poll() is None:
             self._process.terminate()
             try:

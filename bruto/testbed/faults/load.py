@@ -30,6 +30,8 @@ class Attempt:
     correlation_id: str
     sent_at: float
     outcome: str  # "202", another status, "timeout", "reset", "refused", "error"
+    latency_s: float = 0.0  # until the answer, or until the failure
+    retry_after: str | None = None  # the answer's Retry-After header, if any
 
 
 def iso(t: float) -> str:
@@ -56,7 +58,8 @@ class Load:
 
     Args:
         base_url: bruto, e.g. ``http://127.0.0.1:9999``.
-        rate: Payments per second, all clients together.
+        rate: Payments per second, all clients together (``math.inf``: each client
+            sends again as soon as it is answered).
         clients: Connections (each sends every ``clients / rate`` seconds).
     """
 
@@ -101,11 +104,14 @@ class Load:
             correlation_id = str(uuid.uuid4())
             body = '{"correlationId":"%s","amount":19.90}' % correlation_id
             sent_at = time.time()
+            started = time.monotonic()
+            retry_after = None
             try:
                 connection.request("POST", "/payments", body=body, headers={"Content-Type": "application/json"})
                 response = connection.getresponse()
                 response.read()
                 outcome = str(response.status)
+                retry_after = response.getheader("Retry-After")
                 if response.will_close:
                     connection.close()
                     connection = None
@@ -121,7 +127,8 @@ class Load:
                 connection.close()
                 connection = None
             with self._lock:
-                self.attempts.append(Attempt(correlation_id, sent_at, outcome))
+                self.attempts.append(Attempt(correlation_id, sent_at, outcome, time.monotonic() - started,
+                                             retry_after))
             next_at = max(next_at, time.monotonic())  # a slow answer delays this client, as a VU's would
         if connection is not None:
             connection.close()

@@ -88,10 +88,15 @@ class World:
     Args:
         work_dir: Logs, the stack's run directory; the shared directory goes
             under /dev/shm unless ``shm_dir`` is given.
+        stack_args: More arguments of ``bruto-stack up`` (``--limits``).
+        env: ``BRUTO_*`` settings of the stack's processes (e.g. ``BRUTO_SHED_BACKLOG``).
     """
 
-    def __init__(self, work_dir: Path, shm_dir: str | None = None):
+    def __init__(self, work_dir: Path, shm_dir: str | None = None, stack_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None):
         self.work_dir = Path(work_dir)
+        self.stack_args = list(stack_args)
+        self.env = dict(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.shm_dir = shm_dir or f"/dev/shm/bruto-faults-{os.getpid()}-{self.port}"
@@ -115,7 +120,17 @@ class World:
                 self.proxies[name] = (process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{control}")
             self.args = ["--run-dir", str(self.run_dir), "--shm-dir", self.shm_dir, "--port", str(self.port),
                          "--default-url", self.proxies["default"][1], "--fallback-url", self.proxies["fallback"][1]]
-            if cli.main(["up"] + self.args) != 0:
+            saved = {name: os.environ.get(name) for name in self.env}
+            os.environ.update(self.env)  # the supervisor, and so every process it starts, inherits them
+            try:
+                code = cli.main(["up"] + self.args + self.stack_args)
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name)
+                    else:
+                        os.environ[name] = value
+            if code != 0:
                 raise RuntimeError(f"bruto-stack up failed; see {self.run_dir}")
         except BaseException:
             self.stop()
@@ -147,28 +162,33 @@ class World:
 
     # -- whole? ----------------------------------------------------------------
 
-    def problems(self, accepted: list[str]) -> list[str]:
-        """What keeps the service from being whole (nothing: it is)."""
+    def problems(self, accepted: int) -> list[str]:
+        """What keeps the service from being whole, ``accepted`` payments past the baseline (nothing: it is)."""
         try:
             _, found = cli.inspect(runner.Stack(self.run_dir))
         except (runner.StackError, ValueError, OSError) as error:
             return [f"status: {error}"]
         if found:
             return found
-        try:
-            ours = requests.get(f"{self.url}/payments-summary", timeout=2).json()
-            theirs = {name: emulator.admin_summary()["totalRequests"] for name, emulator in self.emulators.items()}
-        except (requests.RequestException, ValueError) as error:
-            return [f"summary: {error}"]
-        counted = ours["default"]["totalRequests"] + ours["fallback"]["totalRequests"]
-        if (ours["default"]["totalRequests"], ours["fallback"]["totalRequests"]) != (theirs["default"], theirs["fallback"]):
-            return [f"bruto counts {ours['default']['totalRequests']}+{ours['fallback']['totalRequests']}, "
-                    f"the processors hold {theirs['default']}+{theirs['fallback']}"]
-        if counted < self.baseline + len(accepted):
-            return [f"{self.baseline + len(accepted) - counted} accepted payments not confirmed yet"]
-        return []
+        return summary_problems(self.url, self.emulators, self.baseline + accepted)
 
     baseline = 0  # payments confirmed before the row began
+
+
+def summary_problems(bruto_url: str, processors: dict[str, Emulator], expected: int) -> list[str]:
+    """Why bruto's summary is not whole: it differs from the processors' own, or counts fewer than ``expected``."""
+    try:
+        ours = requests.get(f"{bruto_url}/payments-summary", timeout=2).json()
+        theirs = {name: emulator.admin_summary()["totalRequests"] for name, emulator in processors.items()}
+    except (requests.RequestException, ValueError) as error:
+        return [f"summary: {error}"]
+    counted = ours["default"]["totalRequests"] + ours["fallback"]["totalRequests"]
+    if (ours["default"]["totalRequests"], ours["fallback"]["totalRequests"]) != (theirs["default"], theirs["fallback"]):
+        return [f"bruto counts {ours['default']['totalRequests']}+{ours['fallback']['totalRequests']}, "
+                f"the processors hold {theirs['default']}+{theirs['fallback']}"]
+    if counted < expected:
+        return [f"{expected - counted} accepted payments not confirmed yet"]
+    return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +264,8 @@ ROWS = [
     Row("processor-late", f"default stores each payment and answers 200 {LATE_S:g} s later, past bruto's "
         "timeout (3 s of requests)", "inconsistency: as for close, for longer (the timeout comes first)"),
     Row("processor-down", "default refuses connections (3 s), then accepts them again",
-        "nothing stored while it is down: refused attempts are retried"),
+        "nothing stored while it is down: refused attempts are retried; inconsistency: payments whose "
+        "connection was cut as it went down, after it stored them, are in the ledger once a lookup confirms them"),
 ]
 ROW_NAMES = [row.name for row in ROWS]
 
@@ -269,17 +290,26 @@ class Watch:
         return self
 
     def stop(self) -> None:
+        """Stop sampling, after one last sample: the row stops the watch the moment it finds the
+        service whole, and that moment must be in the samples whatever the period."""
         self._stop.set()
         self._thread.join()
+        self._sample()
+
+    def measure(self) -> tuple[bool, int]:
+        """Now: whether ``bruto-stack status`` is clean, and how many payments wait."""
+        try:
+            clean = not cli.inspect(runner.Stack(self.world.run_dir))[1]
+        except (runner.StackError, ValueError, OSError):
+            clean = False
+        return clean, cli.unsent_payments(self.world.shm_dir)
+
+    def _sample(self) -> None:
+        self.samples.append((time.monotonic(), *self.measure()))
 
     def _run(self) -> None:
-        stack = runner.Stack(self.world.run_dir)
         while not self._stop.wait(self.interval_s):
-            try:
-                clean = not cli.inspect(stack)[1]
-            except (runner.StackError, ValueError, OSError):
-                clean = False
-            self.samples.append((time.monotonic(), clean, cli.unsent_payments(self.world.shm_dir)))
+            self._sample()
 
     def waiting_before(self, t: float) -> int:
         return max((waiting for at, _, waiting in self.samples if at < t), default=0)
@@ -313,9 +343,10 @@ def run_row(world: World, row: Row, timing: Timing) -> dict:
         load.stop()
     accepted = load.accepted()
     deadline = ended + timing.settle_s
-    while (problems := world.problems(accepted)) and time.monotonic() < deadline:
+    while (problems := world.problems(len(accepted))) and time.monotonic() < deadline:
         time.sleep(0.2)
     watch.stop()
+    settled = snapshot.read(world.shm_dir)
     # Whole again: clean status, and no more payments waiting than the most seen before the fault
     # (what is normally in flight at this load).
     normal = max(watch.waiting_before(injected), 1)
@@ -325,8 +356,6 @@ def run_row(world: World, row: Row, timing: Timing) -> dict:
         time.sleep(1.0)
     probe.stop()
     stored = lookup_all(world, [a.correlation_id for a in load.attempts])
-    accepted_set = set(accepted)
-    on = {name: {cid for cid, where in stored.items() if name in where} for name in ("default", "fallback")}
     restarts = {name: n - restarts_before.get(name, 0) for name, n in world.restarts().items()
                 if n - restarts_before.get(name, 0)}
     return {
@@ -335,25 +364,43 @@ def run_row(world: World, row: Row, timing: Timing) -> dict:
         "documented": row.documented,
         "attempts": len(load.attempts),
         "outcomes": load.outcomes(),
-        "accepted": len(accepted),
-        "stored_default": len(on["default"]),
-        "stored_fallback": len(on["fallback"]),
-        "doubled": len(on["default"] & on["fallback"]),
-        "lost": len(accepted_set - on["default"] - on["fallback"]),
-        "extra": len((on["default"] | on["fallback"]) - accepted_set),
+        **accounting(stored, set(accepted)),
         "inconsistency": sum(probe.values),
         "probes": len(probe.values),
         "probes_failed": probe.failures,
         "whole_after_s": whole_after_s,
-        "not_whole": problems,
+        "not_whole": problems or ([] if since is not None else
+                                  [f"sampled after the fault's end (s, status clean, payments waiting; normal "
+                                   f"{normal}): {[(round(at - ended, 1), c, w) for at, c, w in watch.samples[-5:]]}; "
+                                   f"then outbox {settled['outbox']}, intake backlog {settled['gateway']['backlog']}, "
+                                   f"ledger {settled['ledger']['count']}"]),
         "restarts": restarts,
+    }
+
+
+def accounting(stored: dict[str, set[str]], accepted: set[str]) -> dict[str, int]:
+    """From where each id is stored (:func:`lookup_ids`) and which were answered 202: accepted, stored
+    per processor, doubled (by both), lost (accepted, stored by neither), extra (stored, not accepted)."""
+    on = {name: {cid for cid, where in stored.items() if name in where} for name in ("default", "fallback")}
+    return {
+        "accepted": len(accepted),
+        "stored_default": len(on["default"]),
+        "stored_fallback": len(on["fallback"]),
+        "doubled": len(on["default"] & on["fallback"]),
+        "lost": len(accepted - on["default"] - on["fallback"]),
+        "extra": len((on["default"] | on["fallback"]) - accepted),
     }
 
 
 def lookup_all(world: World, ids: list[str]) -> dict[str, set[str]]:
     """Which processors (asked directly, not through the proxies) hold each id."""
+    return lookup_ids(world.emulators, ids)
+
+
+def lookup_ids(processors: dict[str, Emulator], ids: list[str]) -> dict[str, set[str]]:
+    """Which of ``processors`` hold each id."""
     def where(correlation_id: str) -> tuple[str, set[str]]:
-        return correlation_id, {name for name, emulator in world.emulators.items()
+        return correlation_id, {name for name, emulator in processors.items()
                                 if emulator.get_payment(correlation_id) is not None}
 
     with ThreadPoolExecutor(16) as pool:

@@ -472,19 +472,19 @@ class Outbox:
         for cursor in self._cursors:
             if int(cursor["drained"]) < int(cursor["purge_below"]):
                 cursor["drained"] = cursor["purge_below"]
-        # Every other queued entry was accepted before the purge was asked:
-        # draining stopped at the marks while it was pending. Entries sent or
-        # unresolved stay: if a processor stores one, the ledger must say so;
-        # if none does, they go when that is known, never sent again.
+        # Every other entry was accepted before the purge was asked: draining
+        # stopped at the marks while it was pending. Queued ones go. Entries
+        # sent or unresolved stay: if a processor stores one, the ledger must
+        # say so; if none does, they go when that is known, never sent again.
         states = self._entries["state"]
-        self._entries["purged"][(states == SENT) | (states == UNRESOLVED)] = 1
-        queued = states == QUEUED
+        purged = states != FREE
         if after:
             ids = self._entries["correlation_id"]
-            for index in np.flatnonzero(queued):
+            for index in np.flatnonzero(purged):
                 if ids[index].tobytes() in after:
-                    queued[index] = False
-        states[queued] = FREE
+                    purged[index] = False
+        self._entries["purged"][purged & ((states == SENT) | (states == UNRESOLVED))] = 1
+        states[purged & (states == QUEUED)] = FREE
         finished = int(self._cursors[slot]["purges_done"]) < int(self._cursors[slot]["purge_claimed"])
         self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]
         if finished:  # counted once, even when a crash made recovery finish it again

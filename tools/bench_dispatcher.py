@@ -71,8 +71,11 @@ def client_cost(url: str, calls: int = 2000) -> dict[str, float]:
 
 
 def dispatcher_cost(url: str, payments: int) -> tuple[float, float]:
-    settings = Settings(shm_dir=tempfile.mkdtemp(dir="/dev/shm", prefix="bruto-bench-"),
-                        default_url=url, fallback_url=url, intake_slots=1)
+    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="bruto-bench-") as shm_dir:
+        return _drain(Settings(shm_dir=shm_dir, default_url=url, fallback_url=url, intake_slots=1), payments)
+
+
+def _drain(settings: Settings, payments: int) -> tuple[float, float]:
     create_all(settings)
     writer = IntakeWriter(settings)
     dispatcher = Dispatcher(settings)

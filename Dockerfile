@@ -48,7 +48,9 @@ RUN set -eu; \
     pip install --no-cache-dir --no-index /wheels/*.whl; \
     rm -rf /wheels "$(python -c 'import bruto, os; print(os.path.dirname(bruto.__file__))')/testbed"; \
     bin=$(dirname "$(command -v bruto-dispatcher)"); \
-    rm -f "$bin/bruto-emulator" "$bin/bruto-stack" "$bin/bruto-bench" "$bin/bruto-faulty" "$bin/bruto-faults"
+    for command in "$bin"/bruto-*; do \
+        if grep -q "bruto.testbed" "$command"; then rm -f "$command"; fi; \
+    done
 USER bruto
 ENV BRUTO_SHM_DIR=/dev/shm/bruto \
     PYTHONUNBUFFERED=1

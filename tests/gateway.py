@@ -21,6 +21,8 @@ import uuid
 
 import requests
 
+from bruto.testbed.stack.runner import live_processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -31,20 +33,8 @@ def free_port() -> int:
 
 
 def children(pid: int) -> list[int]:
-    """PIDs of the live children of ``pid``, from /proc (no procps needed)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is the state, fields[1] the parent's PID.
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return sorted(found)
+    """PIDs of the live children of ``pid``."""
+    return sorted(child for child, fields in live_processes() if int(fields[1]) == pid)
 
 
 def terminate(process: subprocess.Popen, timeout: float = 20.0) -> None:

@@ -95,9 +95,12 @@ def start_time(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
-def group_members(pgid: int) -> list[int]:
-    """PIDs of the live processes in a process group."""
-    members = []
+def live_processes():
+    """Every live process as (PID, the fields of /proc/PID/stat after the command name).
+
+    Those fields start with the state, the parent's PID and the process group;
+    zombies are left out (they are gone already). No procps needed.
+    """
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -105,11 +108,14 @@ def group_members(pgid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        # fields[0] is the state, fields[2] the process group; zombies are gone already.
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+        fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
+        if fields[0] != "Z":
+            yield int(entry), fields
+
+
+def group_members(pgid: int) -> list[int]:
+    """PIDs of the live processes in a process group."""
+    return [pid for pid, fields in live_processes() if int(fields[2]) == pgid]
 
 
 def tail(path: str | Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bruto.testbed.bench.score import EXPECTED_P99
+from bruto.testbed.bench.score import bonus_of
 from bruto.testbed.bench.score import score
 
 FIXTURE = Path(__file__).parent / "data" / "rinha-summary-bruto.json"
@@ -91,3 +92,63 @@ def test_failed_payments_are_counted(summary):
     changed = copy.deepcopy(summary)
     changed["metrics"]["payments_failed"] = {"type": "counter", "values": {"count": 7, "rate": 0.1}}
     assert score(changed)["failures"] == 7
+
+
+# ------------------------------------------------------------ the final script
+
+FINAL_FIXTURE = Path(__file__).parent / "data" / "rinha-final-summary-bruto.json"
+
+
+@pytest.fixture
+def final_summary():
+    # Recorded by `bruto-bench --script final --time-scale 0.1` (a 30-s smoke
+    # run of rinha-final.js, emulators at 7 % / 10 %): 9,157 payments
+    # accepted, 7,650 stored by default (153,382.50), none by fallback,
+    # p99 74.84 ms, no inconsistency.
+    return json.loads(FINAL_FIXTURE.read_text())
+
+
+def test_recorded_final_run_counts_what_the_processors_stored(final_summary):
+    result = score(final_summary)
+    assert (result["script"], result["counted_from"], result["time_scale"]) == ("final", "processor", 0.1)
+    assert result["default"] == {"requests": 7650, "amount": 153382.5, "fee_per_transaction": 0.07}
+    assert result["fallback"] == {"requests": 0, "amount": 0, "fee_per_transaction": 0.1}
+    assert result["gross"] == 153382.5  # 7,650 × 20.05
+    assert result["fees"] == 10736.78  # 7 % of it, 10,736.775 rounded half up
+    assert result["total_liquido"] == 142645.73  # no bonus at 74.84 ms, no fine
+    assert result["p99"] == 74.838
+    assert result["payments_ok"] == 9157
+    assert result["lag"] == 9157 - 7650
+    assert result["inconsistencies"] == 0
+    assert result["teardown_ok"] is True
+
+
+def test_final_ignores_gauges_of_the_backend(final_summary):
+    # The final's teardown never asks the backend; a stray backend gauge must not count.
+    changed = copy.deepcopy(final_summary)
+    changed["metrics"]["backend_default_requests"] = {"type": "gauge", "values": {"value": 9157}}
+    assert score(changed)["lag"] == 9157 - 7650
+
+
+def test_final_fallback_pays_its_own_fee(final_summary):
+    changed = with_p99(final_summary, 2.0)
+    metrics = changed["metrics"]
+    metrics["processor_fallback_requests"]["values"]["value"] = 1000
+    metrics["processor_fallback_amount"]["values"]["value"] = 20050.0
+    result = score(changed)
+    assert result["bonus"] == 0.18
+    assert result["gross"] == 173432.5
+    assert result["fees"] == round(153382.5 * 0.07 + 20050.0 * 0.10, 2)
+    assert result["lag"] == 9157 - 7650 - 1000
+    # (173,432.50 - 12,741.775) × 1.18 = 189,615.0555, in decimals as big.js computes it
+    assert result["total_liquido"] == 189615.06
+
+
+@pytest.mark.parametrize(("p99", "bonus"), [
+    (1.0, 0.2), (1.25, 0.2), (1.254, 0.2),  # p99 is rounded to 2 decimals first
+    (1.255, 0.19), (1.26, 0.19), (1.75, 0.19), (1.76, 0.18), (2.25, 0.18),
+    (2.55, 0.17), (2.75, 0.17),  # (11 - 2.75) * 0.02 is the float 0.165, rounded up
+    (2.76, 0.16), (10.75, 0.01), (10.76, 0.0), (11.0, 0.0), (14.15, 0.0),
+])
+def test_bonus_moves_in_whole_percent(p99, bonus):
+    assert bonus_of(p99) == bonus

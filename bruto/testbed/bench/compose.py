@@ -119,13 +119,16 @@ class Compose:
         file: The compose file's name.
         log: Where every command's output is appended.
         project: The compose project's name (``-p``); the file's ``name`` if None.
+        env: Variables the compose file interpolates, on top of this process's environment.
     """
 
-    def __init__(self, directory: Path, file: str, log: Path, project: str | None = None):
+    def __init__(self, directory: Path, file: str, log: Path, project: str | None = None,
+                 env: dict[str, str] | None = None):
         self.directory = directory
         self.file = file
         self.log = log
         self.project = project
+        self.env = env or {}
 
     def run(self, *args: str, capture: bool = False) -> str:
         """``docker compose -f FILE ARGS``; its output when ``capture``.
@@ -138,7 +141,7 @@ class Compose:
             log.write(f"$ {' '.join(argv)}\n".encode())
             log.flush()
             result = subprocess.run(argv, cwd=self.directory, stdout=subprocess.PIPE if capture else log,
-                                    stderr=log, timeout=COMMAND_TIMEOUT_S)
+                                    stderr=log, timeout=COMMAND_TIMEOUT_S, env={**os.environ, **self.env})
         if result.returncode != 0:
             raise StackError(f"{' '.join(argv)} exited {result.returncode}; last lines of {self.log}:\n{tail(self.log)}")
         return result.stdout.decode() if capture else ""
@@ -268,14 +271,16 @@ class ComposeBench:
     Args:
         directory: The checkout with the compose files.
         log: Where docker's and the build's output go.
+        fees: The emulators' fees (default, fallback), as docker-compose.processors.yml reads them.
     """
 
-    def __init__(self, directory: Path, log: Path):
+    def __init__(self, directory: Path, log: Path, fees: tuple[str, str] = ("0.05", "0.15")):
         if not (directory / PRODUCT_FILE).exists():
             raise StackError(f"no {PRODUCT_FILE} in {directory}: give --compose-dir")
         self.directory = directory
         self.log = log
-        self.processors = Compose(directory, PROCESSORS_FILE, log)
+        self.processors = Compose(directory, PROCESSORS_FILE, log,
+                                  env={"PROCESSOR_DEFAULT_FEE": fees[0], "PROCESSOR_FALLBACK_FEE": fees[1]})
         self.product = Compose(directory, PRODUCT_FILE, log)
 
     def processors_up(self) -> None:

@@ -1,9 +1,10 @@
 """The Rinha benchmark: ``bruto-bench``.
 
-Runs rinha.js (the official test, docs/CHALLENGE.md §3) with k6
-against bruto and against the floor (nginx answering from static rules,
-nginx-floor.conf) in the same invocation, scores bruto as docs/CHALLENGE.md §4
-does, and prints the score as JSON and one summary line per run.
+Runs one of the official tests with k6 (``--script preview``: rinha.js,
+docs/CHALLENGE.md §3; ``--script final``: rinha-final.js, §3b) against bruto
+and against the floor (nginx answering from static rules, nginx-floor.conf)
+in the same invocation, scores bruto as docs/CHALLENGE.md §4 does, and prints
+the score as JSON and one summary line per run.
 
 By default it starts two emulators, then for each run a fresh bruto stack
 (confined to 1.5 CPU / 350 MB when cgroups allow) and the floor, one after the
@@ -16,6 +17,8 @@ up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import decimal
 import json
 import os
 import resource
@@ -51,12 +54,44 @@ from bruto.testbed.stack.services import nginx_service
 from bruto.testbed.stack.services import render_nginx_conf
 
 HERE = Path(__file__).resolve().parent
-SCRIPT = HERE / "rinha.js"
 FLOOR_CONF = HERE / "nginx-floor.conf"
 FLOOR_PORT = 9998
-# The test lasts 60 s; k6 then lets iterations finish (up to 30 s) and runs
-# teardown. Anything beyond this is a hung run.
-K6_TIMEOUT_S = 240
+
+
+@dataclasses.dataclass(frozen=True)
+class Script:
+    """One official test: its k6 file, how long its timeline lasts, its defaults."""
+
+    file: str
+    duration_s: int
+    max_requests: int
+    # The processors' fees (default, fallback) the test ran with.
+    fees: tuple[str, str]
+
+
+SCRIPTS = {
+    "preview": Script("rinha.js", 60, 550, ("0.05", "0.15")),
+    "final": Script("rinha-final.js", 300, 603, ("0.07", "0.10")),
+}
+# After the timeline, k6 lets iterations finish (up to 30 s) and runs
+# teardown; with start-up, anything this far past the timeline is a hung run.
+K6_MARGIN_S = 180
+
+
+def k6_timeout_s(script: Script, time_scale: float = 1.0) -> float:
+    """How long one k6 run of ``script`` may take before it counts as hung."""
+    return script.duration_s * time_scale + K6_MARGIN_S
+
+
+def parse_fees(text: str) -> tuple[str, str]:
+    """``--fees 0.07,0.10``: the default's and the fallback's fee, each in [0, 1)."""
+    try:
+        fees = tuple(str(decimal.Decimal(part)) for part in text.split(","))
+    except decimal.InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not two decimals: {text!r}") from None
+    if len(fees) != 2 or not all(0 <= decimal.Decimal(fee) < 1 for fee in fees):
+        raise argparse.ArgumentTypeError(f"want DEFAULT,FALLBACK fees in [0, 1), e.g. 0.07,0.10: {text!r}")
+    return fees
 
 
 # ---------------------------------------------------------------------- k6
@@ -70,8 +105,10 @@ def run_k6(
     fallback_url: str,
     max_requests: int,
     report: str | None = None,
+    script: Script = SCRIPTS["preview"],
+    time_scale: float = 1.0,
 ) -> dict:
-    """Run tools/rinha.js once and return the raw summary it writes.
+    """Run one official test once and return the raw summary it writes.
 
     Args:
         out_dir: Where the summary and k6's log go.
@@ -81,6 +118,8 @@ def run_k6(
         fallback_url: Fallback processor (admin API).
         max_requests: MAX_REQUESTS of the test.
         report: If set, k6's web-dashboard HTML export is written there.
+        script: Which test.
+        time_scale: Below 1, the ramp and the stages compressed (a smoke run).
 
     Raises:
         RuntimeError: k6 is missing, failed or wrote no summary.
@@ -105,18 +144,20 @@ def run_k6(
         "-e", f"PP_FALLBACK_URL={fallback_url}",
         "-e", f"MAX_REQUESTS={max_requests}",
         "-e", f"SUMMARY_FILE={summary_file}",
-        str(SCRIPT),
+        "-e", f"TIME_SCALE={time_scale}",
+        str(HERE / script.file),
     ]
     busy_before = machine_busy_seconds()
     k6_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    timeout_s = k6_timeout_s(script, time_scale)
     with open(log_file, "wb") as log:
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir)
         try:
-            code = process.wait(timeout=K6_TIMEOUT_S)
+            code = process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
-            raise RuntimeError(f"k6 ({label}) ran over {K6_TIMEOUT_S} s; see {log_file}") from None
+            raise RuntimeError(f"k6 ({label}) ran over {timeout_s:.0f} s; see {log_file}") from None
     if code != 0 or not summary_file.exists():
         raise RuntimeError(
             f"k6 ({label}) exited {code}; last lines of {log_file}:\n{tail(log_file)}"
@@ -281,6 +322,9 @@ def run(args: argparse.Namespace) -> dict:
     revision = git_revision(Path(args.compose_dir or default_compose_dir()) if args.compose else None)
     out_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="bruto-bench-")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    script = SCRIPTS[args.script]
+    max_requests = args.max_requests or script.max_requests
+    fees = args.fees or script.fees
     limits = not args.no_limits and args.target is None and not args.compose
     limits_note = "set by docker from docker-compose.yml" if args.compose else None
     if limits and (reason := cgroups.unavailable_reason()):
@@ -289,33 +333,37 @@ def run(args: argparse.Namespace) -> dict:
     processors = None
     compose = None
     if args.compose:
-        compose = ComposeBench(Path(args.compose_dir or default_compose_dir()), out_dir / "compose.log")
+        compose = ComposeBench(Path(args.compose_dir or default_compose_dir()), out_dir / "compose.log",
+                               fees)
         if not args.no_build:
             build_images(compose.directory, out_dir / "build.log")
     elif args.target is None and default_url is None:
         default_port, fallback_port = args.emulator_ports
         processors = Stack(
-            out_dir / "processors", emulator_services(default_port, fallback_port)
+            out_dir / "processors",
+            emulator_services(default_port, fallback_port, fees)
         )
         default_url = f"http://127.0.0.1:{default_port}"
         fallback_url = f"http://127.0.0.1:{fallback_port}"
     default_url = default_url or "http://127.0.0.1:8001"
     fallback_url = fallback_url or "http://127.0.0.1:8002"
 
+    def k6(label: str, url: str, report: str | None = None) -> dict:
+        return run_k6(out_dir, label, url, default_url, fallback_url, max_requests, report, script,
+                      args.time_scale)
+
     def measure_bruto(index: int) -> dict:
         report = args.report
         if report and args.runs > 1:
             report = str(Path(report).with_suffix(f".{index + 1}.html"))
         if args.target:
-            summary = run_k6(out_dir, f"bruto-{index + 1}", args.target, default_url, fallback_url,
-                             args.max_requests, report)
+            summary = k6(f"bruto-{index + 1}", args.target, report)
             return {"score": score(summary), "resources": None, "cpu": summary["cpu"]}
         if compose:
             try:
                 resources, startup = compose.product_up()
                 resources.start()
-                summary = run_k6(out_dir, f"bruto-{index + 1}", "http://127.0.0.1:9999", default_url,
-                                 fallback_url, args.max_requests, report)
+                summary = k6(f"bruto-{index + 1}", "http://127.0.0.1:9999", report)
                 return {"score": score(summary), "resources": resources.stop(), "cpu": summary["cpu"],
                         "startup": startup}
             finally:
@@ -334,8 +382,7 @@ def run(args: argparse.Namespace) -> dict:
         try:
             resources = Resources(state)
             resources.start()
-            summary = run_k6(out_dir, f"bruto-{index + 1}", "http://127.0.0.1:9999", default_url,
-                             fallback_url, args.max_requests, report)
+            summary = k6(f"bruto-{index + 1}", "http://127.0.0.1:9999", report)
             return {"score": score(summary), "resources": resources.stop(), "cpu": summary["cpu"]}
         finally:
             for problem in bruto.down():
@@ -346,8 +393,7 @@ def run(args: argparse.Namespace) -> dict:
         floor = Stack(run_dir, floor_services(run_dir, FLOOR_PORT))
         floor.up()
         try:
-            summary = run_k6(out_dir, f"floor-{index + 1}", f"http://127.0.0.1:{FLOOR_PORT}",
-                             default_url, fallback_url, args.max_requests)
+            summary = k6(f"floor-{index + 1}", f"http://127.0.0.1:{FLOOR_PORT}")
         finally:
             floor.down()
         floor_score = score(summary)
@@ -380,7 +426,7 @@ def run(args: argparse.Namespace) -> dict:
                 None if floor_p99 is None else round(result["score"]["p99"] - floor_p99, 3)
             )
             runs.append(result)
-            print(summary_line(f"run {index + 1}/{args.runs}", result), file=sys.stderr, flush=True)
+            print(summary_line(f"{args.script} run {index + 1}/{args.runs}", result), file=sys.stderr, flush=True)
     finally:
         if processors:
             processors.down()
@@ -406,7 +452,11 @@ def run(args: argparse.Namespace) -> dict:
                                   else "bruto-stack (started by the bench)"),
         "limits": limits,
         "limits_note": limits_note,
-        "max_requests": args.max_requests,
+        "script": args.script,
+        "max_requests": max_requests,
+        "time_scale": args.time_scale,
+        # The emulators' fees when the bench started them; else the processors' own.
+        "fees": None if args.target or args.default_url else {"default": fees[0], "fallback": fees[1]},
         "workers_per_instance": None if args.compose else args.workers,
         "balancer": None if args.compose else args.balancer,
         "docker": docker_setup() if args.compose else None,
@@ -419,7 +469,14 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bruto-bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--max-requests", type=int, default=550, help="MAX_REQUESTS (default %(default)s)")
+    parser.add_argument("--script", choices=SCRIPTS, default="preview",
+                        help="the official test: preview (rinha.js, 60 s) or final (rinha-final.js, 300 s)")
+    parser.add_argument("--max-requests", type=int, help="MAX_REQUESTS (default: the script's, 550 or 603)")
+    parser.add_argument("--fees", type=parse_fees, metavar="D,F",
+                        help="the emulators' fees, default's and fallback's (default: the script's, "
+                             "0.05,0.15 for the preview, 0.07,0.10 for the final)")
+    # A smoke run of a script's timeline compressed (0.1: the final in 30 s); its score is not the challenge's.
+    parser.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=1, help="repeat; medians are reported")
     parser.add_argument("--no-limits", action="store_true", help="do not confine the stack in cgroups")
     parser.add_argument("--no-floor", action="store_true", help="skip the static-nginx floor")
@@ -439,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.default_url is None) != (args.fallback_url is None):
         parser.error("give both --default-url and --fallback-url, or neither")
+    if not 0 < args.time_scale <= 1:
+        parser.error("--time-scale must be in (0, 1]")
+    if args.fees and (args.target or args.default_url):
+        parser.error("--fees sets the emulators the bench starts: not with --target or --default-url")
     if args.compose and (args.target or args.default_url):
         parser.error("--compose starts its own stack and processors: no --target, --default-url or --fallback-url")
     try:
@@ -448,10 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(output, indent=1))
     if args.runs == 1:
-        print(summary_line("bruto", output))
+        print(summary_line(f"bruto ({args.script})", output))
     else:
         m = output["median"]
-        print(f"median of {args.runs}: liquido {m['total_liquido']:,.2f}  p99 {m['p99']:.2f} ms"
+        print(f"{args.script}, median of {args.runs}: liquido {m['total_liquido']:,.2f}  p99 {m['p99']:.2f} ms"
               f"  floor {m['floor_p99']} ms  over floor {m['p99_over_floor']} ms"
               f"  inconsistencies {m['inconsistencies']}  lag {m['lag']}")
     return 0

@@ -1,8 +1,13 @@
-"""The challenge's score of one k6 run, from the summary ``rinha.js`` writes."""
+"""The challenge's score of one k6 run, from the summary ``rinha.js`` or ``rinha-final.js`` writes."""
 
 from __future__ import annotations
 
+import decimal
+
 EXPECTED_P99 = "http_req_duration{expected_response:true}"
+# Whose summary the teardown counted, per script (the gauges' prefix): the
+# preview trusts the backend's, the final the processors' (docs/CHALLENGE.md §3, §3b).
+COUNTED_FROM = {"preview": "backend", "final": "processor"}
 
 
 def _metric(metrics: dict, name: str, field: str) -> float:
@@ -10,41 +15,69 @@ def _metric(metrics: dict, name: str, field: str) -> float:
     return metrics.get(name, {}).get("values", {}).get(field, 0)
 
 
+def _exact(value: float) -> decimal.Decimal:
+    """A float as the decimal it prints as (what big.js makes of a JavaScript number)."""
+    return decimal.Decimal(repr(value))
+
+
+def _cents(value: decimal.Decimal) -> float:
+    """Rounded to 2 decimals as big.js's ``round(2)`` does: half away from zero."""
+    return float(value.quantize(decimal.Decimal("0.01"), decimal.ROUND_HALF_UP))
+
+
+def bonus_of(p99_ms: float) -> float:
+    """The p99 bonus as both official scripts compute it (docs/CHALLENGE.md §4).
+
+    p99 rounded to 2 decimals first, then ``(11 - p99) * 0.02`` in floating
+    point, rounded to 2 decimals: whole percent, one step per 0.5 ms (at
+    exactly 2.75 ms the float is 0.165 and rounds up to 17 %).
+    """
+    return max(_cents(_exact((11 - _cents(_exact(p99_ms))) * 0.02)), 0.0)
+
+
 def score(summary: dict) -> dict:
-    """Score a run as docs/CHALLENGE.md §4 does, from the JSON rinha.js writes.
+    """Score a run as docs/CHALLENGE.md §4 does, from the JSON the script writes.
 
     Args:
-        summary: ``{"metrics": ..., "state": ...}`` as written by the script's
-            handleSummary (k6's summary data).
+        summary: ``{"script": "preview" | "final", "metrics": ..., "state": ...}``
+            as written by the script's handleSummary (k6's summary data); a
+            summary without ``script`` is the preview's.
 
     Returns:
         The score: total_liquido (the final figure), gross, fees, p99 (ms over
         every request with an expected response), bonus, fine,
-        inconsistencies, lag, the backend's count and amount per processor,
-        the payments that succeeded and failed, and whether the run
-        disqualifies (negative lag).
+        inconsistencies, lag, the count and amount per processor the teardown
+        counted (``counted_from``: the backend's summary in the preview, the
+        processors' admin summaries in the final), the payments that
+        succeeded and failed, and whether the run disqualifies (negative lag).
     """
     metrics = summary["metrics"]
+    script = summary.get("script", "preview")
+    counted_from = COUNTED_FROM[script]
     p99 = metrics[EXPECTED_P99]["values"]["p(99)"]
-    bonus = max((11 - p99) * 0.02, 0)
+    bonus = bonus_of(p99)
     inconsistencies = _metric(metrics, "inconsistencies", "count")
     fine = 0.35 if inconsistencies > 0 else 0.0
     processors = {}
     for name in ("default", "fallback"):
         processors[name] = {
-            "requests": int(_metric(metrics, f"backend_{name}_requests", "value")),
-            "amount": _metric(metrics, f"backend_{name}_amount", "value"),
+            "requests": int(_metric(metrics, f"{counted_from}_{name}_requests", "value")),
+            "amount": _metric(metrics, f"{counted_from}_{name}_amount", "value"),
             "fee_per_transaction": _metric(metrics, f"fee_{name}", "value"),
         }
-    gross = sum(p["amount"] for p in processors.values())
-    fees = sum(p["amount"] * p["fee_per_transaction"] for p in processors.values())
-    liquid = (gross - fees) * (1 + bonus - fine)
+    # In decimals, as the scripts do with big.js: the amounts and fees are money.
+    gross = sum(_exact(p["amount"]) for p in processors.values())
+    fees = sum(_exact(p["amount"]) * _exact(p["fee_per_transaction"]) for p in processors.values())
+    liquid = (gross - fees) * (1 + _exact(bonus) - _exact(fine))
     payments_ok = int(_metric(metrics, "payments_ok", "count"))
     lag = payments_ok - sum(p["requests"] for p in processors.values())
     return {
-        "total_liquido": round(liquid, 2),
-        "gross": round(gross, 2),
-        "fees": round(fees, 2),
+        "script": script,
+        "time_scale": summary.get("time_scale", 1),
+        "counted_from": counted_from,
+        "total_liquido": _cents(liquid),
+        "gross": _cents(gross),
+        "fees": _cents(fees),
         "p99": round(p99, 3),
         "bonus": round(bonus, 4),
         "fine": fine,

@@ -39,10 +39,11 @@ SERVICE_LIMITS = {
 BALANCERS = ("bruto", "nginx")
 
 
-def emulator_services(default_port: int = 8001, fallback_port: int = 8002) -> list[Service]:
-    """The two processor emulators (never confined: they are the test's, not bruto's)."""
+def emulator_services(default_port: int = 8001, fallback_port: int = 8002,
+                      fees: tuple[str, str] = ("0.05", "0.15")) -> list[Service]:
+    """The two processor emulators (never confined: they are the test's, not bruto's), with their fees."""
     services = []
-    for name, port, fee in (("default", default_port, "0.05"), ("fallback", fallback_port, "0.15")):
+    for name, port, fee in (("default", default_port, fees[0]), ("fallback", fallback_port, fees[1])):
         url = f"http://127.0.0.1:{port}"
         services.append(
             Service(

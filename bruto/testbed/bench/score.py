@@ -105,6 +105,13 @@ def summary_line(label: str, result: dict) -> str:
     )
     if result.get("floor_p99") is not None:
         line += f" (floor {result['floor_p99']:.2f} ms, {result['p99_over_floor']:+.2f} ms)"
+    if result.get("noise"):
+        line = "NOISE (floor p99 above 2.5 ms: discard, run again)  " + line
+    if s.get("time_scale", 1) != 1:
+        line += f"  [time scale {s['time_scale']:g}: not the challenge's timeline]"
+    tail = result.get("tail") or {}
+    if tail.get("posts"):
+        line += f"  stalls {tail['stalls']} ({tail['stalled_posts']} POSTs)"
     line += (
         f"  inconsistencies {s['inconsistencies']}  lag {s['lag']}"
         f"  default {s['default']['requests']}  fallback {s['fallback']['requests']}"

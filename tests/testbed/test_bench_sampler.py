@@ -4,6 +4,11 @@ import os
 
 import pytest
 
+from bruto.config import Settings
+from bruto.shm.layout import create_all
+from bruto.shm.layout import open_dispatch
+from bruto.shm.layout import open_intake
+from bruto.shm.layout import open_outbox
 from bruto.testbed.bench import plot
 from bruto.testbed.bench import run as bench
 from bruto.testbed.bench import sampler
@@ -64,7 +69,7 @@ def test_per_second_rates():
 
 
 def test_no_shared_directory_no_backlog(tmp_path):
-    assert sampler.shm_backlog(str(tmp_path / "none"))() is None
+    assert sampler.ShmBacklog(str(tmp_path / "none"))() is None
 
 
 @pytest.mark.parametrize(("floor_p99", "noise"), [(None, False), (1.1, False), (2.5, False), (2.51, True)])
@@ -87,3 +92,16 @@ def test_the_picture_is_a_png(tmp_path):
     seconds = sampler.series(samples(), t0=100.0)
     path = plot.draw(tmp_path / "run-1.png", "final run 1/1", latency, latency[:3], seconds, 4.0, 1.5)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_backlog_read_from_a_shared_directory(tmp_path):
+    settings = Settings(shm_dir=str(tmp_path), intake_slots=1, intake_capacity=8, ledger_capacity=4)
+    create_all(settings)
+    open_intake(settings, 0).counters["written"] = 5   # five payments accepted
+    open_dispatch(settings).records[0]["drained"] = 3   # three drained into the outbox
+    open_outbox(settings).counters["in_use"] = 3
+    backlog = sampler.ShmBacklog(str(tmp_path))
+    assert backlog() == {"accepted": 5, "intake_backlog": 2, "outbox_in_use": 3,
+                         "confirmed_default": 0, "confirmed_fallback": 0}
+    backlog.close()
+    assert backlog.regions is None

@@ -43,11 +43,11 @@ from bruto.testbed.bench.compose import container_cgroups
 from bruto.testbed.bench.compose import default_compose_dir
 from bruto.testbed.bench.sampler import Group
 from bruto.testbed.bench.sampler import Sampler
+from bruto.testbed.bench.sampler import ShmBacklog
 from bruto.testbed.bench.sampler import in_cgroup
 from bruto.testbed.bench.sampler import in_process_group
 from bruto.testbed.bench.sampler import machine_busy_seconds
 from bruto.testbed.bench.sampler import series
-from bruto.testbed.bench.sampler import shm_backlog
 from bruto.testbed.bench.score import score
 from bruto.testbed.bench.score import summary_line
 from bruto.testbed.stack import cgroups
@@ -443,7 +443,7 @@ def run(args: argparse.Namespace) -> dict:
                 resources, startup = compose.cold_up() if args.cold else compose.product_up()
                 resources.start()
                 summary = k6(f"bruto-{index + 1}", "http://127.0.0.1:9999", report, resources.groups(),
-                             shm_backlog(compose.shm_dir) if compose.shm_dir else None)
+                             ShmBacklog(compose.shm_dir) if compose.shm_dir else None)
                 return measured(summary, resources=resources.stop(), startup=startup)
             finally:
                 # A cold run removes the processors too: the next run starts them again.
@@ -463,7 +463,7 @@ def run(args: argparse.Namespace) -> dict:
             resources = Resources(state)
             resources.start()
             summary = k6(f"bruto-{index + 1}", "http://127.0.0.1:9999", report, stack_groups(state),
-                         shm_backlog(shm_dir))
+                         ShmBacklog(shm_dir))
             return measured(summary, resources=resources.stop())
         finally:
             for problem in bruto.down():

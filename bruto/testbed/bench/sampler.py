@@ -111,17 +111,23 @@ def processes_by_group() -> dict[int, list[int]]:
     return by_pgid
 
 
-def shm_backlog(shm_dir: str) -> Callable[[], dict | None]:
-    """A reader of bruto's backlog in ``shm_dir``: None until its regions exist (and once they are gone)."""
-    regions: SharedRegions | None = None
+class ShmBacklog:
+    """Reads bruto's backlog in ``shm_dir``: None until its regions exist (and once they are gone).
 
-    def read() -> dict | None:
-        nonlocal regions
+    :meth:`close` lets go of the mappings: under compose the regions are on a
+    tmpfs volume that Docker cannot unmount (nor remove) while a mapping holds it.
+    """
+
+    def __init__(self, shm_dir: str):
+        self.shm_dir = shm_dir
+        self.regions: SharedRegions | None = None
+
+    def __call__(self) -> dict | None:
         try:
-            regions = regions or SharedRegions(shm_dir)
-            snapshot = regions.read()
+            self.regions = self.regions or SharedRegions(self.shm_dir)
+            snapshot = self.regions.read()
         except (RegionError, OSError, ValueError):
-            regions = None
+            self.regions = None
             return None
         return {
             "accepted": snapshot["gateway"]["accepted"],
@@ -131,7 +137,9 @@ def shm_backlog(shm_dir: str) -> Callable[[], dict | None]:
             "confirmed_fallback": snapshot["processors"]["fallback"]["confirmed"],
         }
 
-    return read
+    def close(self) -> None:
+        # The last references: CPython unmaps at once.
+        self.regions = None
 
 
 class Sampler:
@@ -197,6 +205,8 @@ class Sampler:
         if self._thread is not None:
             self._thread.join()
         self.sample()
+        if hasattr(self.backlog, "close"):
+            self.backlog.close()
         return summarize(self.samples, {name: wait.seconds() for name, wait in self.waits.items()})
 
 

@@ -81,6 +81,10 @@ LOOKUP_BACKOFF_MAX_US = 30_000_000
 HEALTH_ANSWER_US = 200_000
 LATENCY_SAMPLES = 128
 LATENCY_PUBLISH_US = 500_000
+# The answers that say how fast a processor is now: the last few, and only
+# recent ones, so a processor that recovered is not judged by its past.
+RECENT_ANSWERS = 9
+RECENT_US = 5_000_000
 _MAX_ATTEMPTS = 65_535  # the counter is 16 bits
 
 
@@ -137,6 +141,12 @@ class Outbox:
         self._ready: collections.deque[int] = collections.deque()
         self._timers: list[tuple[int, int, int]] = []  # heap of (due, entry, generation)
         self._latencies = tuple(collections.deque(maxlen=LATENCY_SAMPLES) for _ in PROCESSOR_NAMES)
+        # (answered at, ms) of the last answers, and the send time of each
+        # payment out, oldest first, per processor: what latency is now.
+        self._recent: tuple[collections.deque[tuple[int, int]], ...] = tuple(
+            collections.deque(maxlen=RECENT_ANSWERS) for _ in PROCESSOR_NAMES)
+        self._out: tuple[dict[tuple[int, int], int], ...] = ({}, {})
+        self._slow_since = [0, 0]
         self._latency_published_at = 0
         # What the health table says, per processor, kept here too: the
         # outbox is the table's only writer (the poller's reports come
@@ -154,6 +164,8 @@ class Outbox:
             if int(cursor["purge_claimed"]) > int(cursor["purges_done"]):
                 self._finish_purge(slot)  # committed before the crash: carry it out to the end
         self.in_flight = [0, 0]
+        self._out = ({}, {})
+        self._slow_since = [0, 0]
         rows = self._health
         self._breakers = [breaker.read(row) for row in rows]
         self._announced_ms = [int(row["min_response_ms"]) for row in rows]
@@ -223,6 +235,9 @@ class Outbox:
         """The answer to a :class:`Send` (or UNKNOWN if it ended any other way)."""
         processor = send.processor
         self.in_flight[processor] -= 1
+        self._out[processor].pop((send.entry, send.generation), None)
+        if outcome is not Outcome.UNKNOWN:
+            self._recent[processor].append((now, elapsed_us // 1000))
         self.metrics.answered(processor, outcome, elapsed_us)
         self._record_delay(processor, now, elapsed_us // 1000)  # how long this processor takes now
         if send.generation != self._generation[send.entry]:
@@ -282,6 +297,8 @@ class Outbox:
     def health_reported(self, processor: int, report: Health, asked_at: int, now: int) -> None:
         """A service-health answer to a call made at ``asked_at``."""
         row = self._health[processor]
+        if report.min_response_ms != self._announced_ms[processor]:
+            self._recent[processor].clear()  # its delay changed: answers from before say nothing now
         self._record_delay(processor, now, report.min_response_ms)  # the evidence before the claim it backs
         row["min_response_ms"] = self._announced_ms[processor] = report.min_response_ms
         row["failing"] = int(report.failing)
@@ -317,7 +334,7 @@ class Outbox:
         """When :meth:`poll` will have something to do without another event; None: never."""
         due = self._timers[0][0] if self._timers else None
         if self._ready:
-            change = routing.next_change(tuple(self._breakers), now, self.policy)
+            change = routing.next_change(tuple(self._breakers), now, self.policy, tuple(self._slow_since))
             if change is not None and (due is None or change < due):
                 due = change
         return due
@@ -332,11 +349,31 @@ class Outbox:
 
     # -- transitions -----------------------------------------------------------
 
+    def latency_ms(self, processor: int, now: int) -> int:
+        """What an answer from ``processor`` takes now, as far as is known.
+
+        The largest of: the delay it announces, the median of its recent
+        answers, and the age of its oldest payment out (a processor that
+        became slow says so by not answering, long before its answers come).
+        """
+        recent = sorted(ms for at, ms in self._recent[processor] if now - at <= RECENT_US)
+        answered = recent[len(recent) // 2] if recent else 0
+        out = self._out[processor]
+        waiting = (now - next(iter(out.values()))) // 1000 if out else 0
+        return max(self._announced_ms[processor], answered, waiting)
+
     def _send_ready(self, now: int, actions: list[Action]) -> None:
         announced = self._announced_ms
-        latencies = (max(announced[0], self._p90_ms[0]), max(announced[1], self._p90_ms[1]))
+        latencies = (self.latency_ms(0, now), self.latency_ms(1, now))
+        for processor, latency in enumerate(latencies):
+            if latency <= self.policy.latency_limit_ms:
+                self._slow_since[processor] = 0
+            elif not self._slow_since[processor]:
+                self._slow_since[processor] = now
+        slow_since = tuple(self._slow_since)
         while self._ready:
-            choice = routing.choose(tuple(self._breakers), latencies, tuple(self.in_flight), now, self.policy)
+            choice = routing.choose(tuple(self._breakers), latencies, tuple(self.in_flight), now, self.policy,
+                                    slow_since)
             if choice is None:
                 return
             processor = choice.processor
@@ -354,7 +391,9 @@ class Outbox:
             entry["state"] = SENT  # written before the request leaves
             self.in_flight[processor] += 1
             self.stats["attempts"] += 1
-            actions.append(Send(index, self._bump(index), processor, entry["correlation_id"].tobytes(),
+            generation = self._bump(index)
+            self._out[processor][(index, generation)] = now
+            actions.append(Send(index, generation, processor, entry["correlation_id"].tobytes(),
                                 int(entry["amount_cents"]), requested_at,
                                 routing.timeout_s(latencies[processor])))
 

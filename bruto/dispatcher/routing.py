@@ -6,23 +6,42 @@ processes or sockets (tests/unit/test_routing.py).
 
 ## The profit model
 
-A payment of amount A earns 0.95 A through default and 0.85 A through
-fallback: fallback costs 0.10 A more. Waiting for default costs nothing as
-long as the payment is processed before anyone counts it (the official test
-counts at its end: a payment still waiting then is lag, worth 0 instead of
-0.95 A). So a waiting payment should move to fallback only when the chance
-that default stays down until the end, times 0.95 A, exceeds 0.10 A: that is,
-when P(default still down at the end) > 0.10 / 0.95 ≈ 10.5 %.
+A processor with fee f earns (1 - f) A on a payment of amount A; default is
+the cheaper one (fees are contract terms: ``Settings.default_fee`` and
+``fallback_fee``). A payment that is never stored earns nothing. So the only
+reason to hold a payment while fallback could take it is that default may
+come back soon enough; the question is how long that bet is worth making.
 
-We cannot see the end, so the policy uses the one signal that predicts it:
-how long default has been down. Outages in the official timeline last 20 s
-(t = 20 s to 40 s); the backlog they leave (~20 s x 500/s = 10,000 payments)
-drains in a few seconds once default is back. ``patience_us`` is therefore
-set past the longest outage we expect to recover from
-(``Settings.default_patience_s``, 30 s by default): below
-it, every payment waits for default; past it, default is treated as down for
-good and new attempts go to fallback when fallback's breaker lets them, until
-default's breaker closes again (its probes continue meanwhile).
+Holding bets (1 - f_d) A on default coming back before the books close,
+against (1 - f_f) A for sure through fallback now. Write r = (1 - f_f) /
+(1 - f_d). If the moment the books close is unknown, with a settlement
+horizon B (``Settings.settlement_bound_s``: how long bruto may take to hand a
+payment to a processor) as its scale, and default's remaining outage is
+expected to last as long as it has lasted so far (the estimate that assumes
+nothing about outages' lengths), holding is worth it while
+
+    time down so far  <=  B (1 - r) / r  =  B (f_f - f_d) / (1 - f_f)
+
+which is the patience (:func:`Policy.from_terms`):
+
+| fees (default / fallback) | B = 90 s | what follows |
+| -- | -- | -- |
+| 5 % / 15 % (the preview's) | 10.6 s | an outage of 10 s waits for default |
+| 7 % / 10 % (the final's)   | 3.0 s | default failing or slow for minutes: fallback after 3 s |
+
+The patience never exceeds B, so no payment waits for the cheaper processor
+longer than the settlement bound.
+
+## What "down" means
+
+Default is down when its breaker is open (it fails), and also when it is
+slow: its expected latency (the largest of the delay it announces, the
+median of its answers in the last seconds and the age of its oldest
+payment in flight) is above ``latency_limit_ms``. A slow processor caps
+throughput at (payments in flight) / latency, and a payment it stores at the
+end of a long delay is inside the consistency probe's window before bruto
+has its answer (docs/DISPATCHER.md): the limit stays below the shortest
+offset of the probe (1.5 s) by more than an answer's round trip.
 
 Both down: everything waits. Nothing is ever sent to a processor whose breaker
 is open except one probe payment at a time.
@@ -39,8 +58,8 @@ from bruto.shm.layout import DEFAULT
 from bruto.shm.layout import FALLBACK
 
 # Payments per second the dispatcher should be able to sustain, for sizing
-# in-flight concurrency by Little's law (official peak: ~550/s).
-TARGET_RATE = 600.0
+# in-flight concurrency by Little's law (above both scripts' peak rate).
+TARGET_RATE = 650.0
 MIN_IN_FLIGHT = 16
 # Never wait less than this for an answer, whatever the processor reports.
 # The delay a processor reports reaches us up to 5 s late (one health call per
@@ -53,11 +72,25 @@ MIN_IN_FLIGHT = 16
 TIMEOUT_FLOOR_S = 7.0
 
 
+# The latency above which a processor is treated as down (see the module
+# docstring): below the consistency probe's shortest offset, with room for
+# the answer's way back and the dispatcher's own delays.
+LATENCY_LIMIT_MS = 1_200
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     patience_us: int = 30_000_000
     target_rate: float = TARGET_RATE
     max_in_flight: int = 128
+    latency_limit_ms: int = LATENCY_LIMIT_MS
+
+    @classmethod
+    def from_terms(cls, default_fee: float, fallback_fee: float, settlement_bound_s: float,
+                   **knobs) -> "Policy":
+        """The policy that follows from the fees and the settlement bound (the module docstring)."""
+        patience_s = settlement_bound_s * max(0.0, fallback_fee - default_fee) / (1 - fallback_fee)
+        return cls(patience_us=int(min(patience_s, settlement_bound_s) * 1_000_000), **knobs)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,14 +122,22 @@ def in_flight_limit(expected_latency_ms: int, policy: Policy) -> int:
 def may_send(state: Breaker, expected_latency_ms: int, in_flight: int, policy: Policy) -> bool:
     """Whether one more payment may go to this processor now (probes aside)."""
     if state.state == breaker.CLOSED:
-        return in_flight < in_flight_limit(expected_latency_ms, policy)
+        return (expected_latency_ms <= policy.latency_limit_ms
+                and in_flight < in_flight_limit(expected_latency_ms, policy))
     if state.state == breaker.HALF_OPEN:
         return in_flight == 0  # the single probe
     return False
 
 
+def down_since(state: Breaker, slow_since: int) -> int:
+    """When the processor went down (its breaker left CLOSED, or it became too slow); 0: up."""
+    if state.down_since and slow_since:
+        return min(state.down_since, slow_since)
+    return state.down_since or slow_since
+
+
 def choose(breakers: tuple[Breaker, Breaker], latencies_ms: tuple[int, int], in_flight: tuple[int, int],
-           now: int, policy: Policy) -> Choice | None:
+           now: int, policy: Policy, slow_since: tuple[int, int] = (0, 0)) -> Choice | None:
     """The processor for the next new attempt, or None to hold it for now.
 
     Args:
@@ -104,6 +145,7 @@ def choose(breakers: tuple[Breaker, Breaker], latencies_ms: tuple[int, int], in_
         latencies_ms: what an answer takes now at each (see ``expected_latency_ms``).
         in_flight: payments in flight to (default, fallback).
         now: epoch microseconds.
+        slow_since: since when each has been slower than the policy's limit (0: it is not).
 
     Returns:
         A :class:`Choice`; when it is a probe, the caller records
@@ -115,16 +157,19 @@ def choose(breakers: tuple[Breaker, Breaker], latencies_ms: tuple[int, int], in_
             return Choice(processor, probe=True)
         if may_send(state, latencies_ms[processor], in_flight[processor], policy):
             return Choice(processor)
-        if processor == DEFAULT and breaker.down_for(state, now) < policy.patience_us:
-            return None  # within the patience: wait for default
+        since = down_since(state, slow_since[processor])
+        if processor == DEFAULT and (not since or now - since < policy.patience_us):
+            return None  # up but busy, or within the patience: wait for default
     return None
 
 
-def next_change(breakers: tuple[Breaker, Breaker], now: int, policy: Policy) -> int | None:
+def next_change(breakers: tuple[Breaker, Breaker], now: int, policy: Policy,
+                slow_since: tuple[int, int] = (0, 0)) -> int | None:
     """The next moment :func:`choose` may answer differently with no event: a probe falls due,
     or default's outage reaches the patience. None if nothing changes by itself."""
     moments = [at for at in (breaker.probe_due_at(state) for state in breakers) if at is not None]
-    if breakers[DEFAULT].down_since:
-        moments.append(breakers[DEFAULT].down_since + policy.patience_us)
+    since = down_since(breakers[DEFAULT], slow_since[DEFAULT])
+    if since:
+        moments.append(since + policy.patience_us)
     later = [at for at in moments if at > now]
     return min(later) if later else None

@@ -64,8 +64,8 @@ class Dispatcher:
     def __init__(self, settings: Settings, regions: DispatcherRegions | None = None, clients=None):
         self.settings = settings
         self.regions = regions or DispatcherRegions.open(settings)
-        policy = routing.Policy(patience_us=int(settings.default_patience_s * 1_000_000),
-                                max_in_flight=settings.senders)
+        policy = routing.Policy.from_terms(settings.default_fee, settings.fallback_fee,
+                                           settings.settlement_bound_s, max_in_flight=settings.senders)
         self.outbox = Outbox(self.regions, policy)
         if clients is None:
             session = make_session(settings.senders + 8)

@@ -120,7 +120,7 @@ def test_the_official_timeline_stays_consistent_and_pays_only_default(tmp_path, 
 
 
 def test_default_down_for_good_sends_the_load_to_fallback_after_the_patience(tmp_path, clean_processors):
-    gw = Gateway.start(tmp_path, clean_processors, workers=1, default_patience_s=2)
+    gw = Gateway.start(tmp_path, clean_processors, workers=1, settlement_bound_s=17)  # patience 17 × 0.10 / 0.85 = 2 s
     try:
         clean_processors.default.set_failure(True)
         ids = [str(uuid.uuid4()) for _ in range(100)]

@@ -436,3 +436,26 @@ def test_a_crash_leaves_no_attempt_without_an_outcome():
     metrics = world.regions.metrics
     assert int(metrics.records["attempts"].sum()) == 2
     assert int(metrics.records["outcomes"][DEFAULT, OUTCOMES.index("unknown")]) == 2
+
+
+def test_a_default_that_stops_answering_is_slow_before_any_answer_says_so():
+    """Default's delay jumps with no announcement: the age of its oldest payment out tells."""
+    world = World()
+    world.outbox.policy = routing.Policy(patience_us=3 * S, latency_limit_ms=1_200)
+    world.accept()
+    [first] = world.step()
+    assert first.processor == DEFAULT
+    world.accept()
+    [second] = world.step(1.0)  # the first is 1 s out: within the limit
+    assert second.processor == DEFAULT
+    assert world.outbox.latency_ms(DEFAULT, world.now) == 1_000
+    world.accept()
+    assert world.step(0.3) == []  # 1.3 s out: default is slow; the payment waits out the patience
+    assert world.outbox.wake_at(world.now) == world.now + 3 * S
+    [third] = world.step(3.0)
+    assert third.processor == FALLBACK
+    world.outbox.attempt_done(first, Outcome.STORED, world.now, int(4.3 * S))
+    world.outbox.attempt_done(second, Outcome.STORED, world.now, int(3.3 * S))
+    assert world.outbox.latency_ms(DEFAULT, world.now) >= 3_300  # its answers say so too
+    world.step(5.1)
+    assert world.outbox.latency_ms(DEFAULT, world.now) == 0  # answers that old say nothing: try default again

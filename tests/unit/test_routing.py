@@ -118,3 +118,32 @@ def test_in_flight_follows_littles_law():
     assert routing.choose((UP, UP), (100, 0), (limit, 0), 10 * S, POLICY) is None
     assert routing.in_flight_limit(0, POLICY) == routing.MIN_IN_FLIGHT
     assert routing.in_flight_limit(5000, POLICY) == POLICY.max_in_flight
+
+
+def test_the_patience_follows_from_the_fees_and_the_settlement_bound():
+    preview = routing.Policy.from_terms(0.05, 0.15, 90)
+    final = routing.Policy.from_terms(0.07, 0.10, 90)
+    assert preview.patience_us == int(90 * 0.10 / 0.85 * S)  # ~10.6 s: a 10-s outage waits for default
+    assert final.patience_us == int(90 * 0.03 / 0.90 * S)    # 3 s: minutes of outage go to fallback
+    assert routing.Policy.from_terms(0.10, 0.10, 90).patience_us == 0  # no fee to save: no wait
+    assert routing.Policy.from_terms(0.0, 0.60, 90).patience_us == 90 * S  # never past the bound
+
+
+def test_a_default_slower_than_the_limit_is_down_from_when_it_became_slow():
+    policy = routing.Policy.from_terms(0.07, 0.10, 90)
+    slow = (policy.latency_limit_ms + 1, 0)
+    since = (10 * S, 0)
+    within = 10 * S + policy.patience_us - 1
+    assert routing.choose((UP, UP), slow, (0, 0), within, policy, since) is None
+    assert routing.next_change((UP, UP), within, policy, since) == 10 * S + policy.patience_us
+    assert routing.choose((UP, UP), slow, (0, 0), within + 1, policy, since) == Choice(FALLBACK)
+    # As fast as the limit: default again, whatever the clock says.
+    at_limit = (policy.latency_limit_ms, 0)
+    assert routing.choose((UP, UP), at_limit, (0, 0), within + 1, policy, (0, 0)) == Choice(DEFAULT)
+
+
+def test_a_slow_fallback_is_not_used_either():
+    policy = routing.Policy.from_terms(0.07, 0.10, 90)
+    default = failed(UP, breaker.THRESHOLD, 10 * S)
+    latencies = (0, policy.latency_limit_ms + 1)
+    assert routing.choose((default, UP), latencies, (1, 0), 60 * S, policy, (0, 10 * S)) is None

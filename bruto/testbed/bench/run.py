@@ -395,6 +395,10 @@ def run(args: argparse.Namespace) -> dict:
     script = SCRIPTS[args.script]
     max_requests = args.max_requests or script.max_requests
     fees = args.fees or script.fees
+    if not (args.target or args.default_url):
+        # bruto routes by the fees of the processors the bench starts (the
+        # process stack inherits this environment; compose interpolates it).
+        os.environ["BRUTO_DEFAULT_FEE"], os.environ["BRUTO_FALLBACK_FEE"] = fees
     limits = not args.no_limits and args.target is None and not args.compose
     limits_note = "set by docker from docker-compose.yml" if args.compose else None
     if limits and (reason := cgroups.unavailable_reason()):

@@ -9,7 +9,8 @@ The state is kept in the health table (bruto.shm.layout.HEALTH): :func:`read`
 and :func:`write` move it between a row and a :class:`Breaker`, so a
 restarted dispatcher finds the breakers as they were and the inspector can
 show them. ``down_since`` is kept from the first opening until the breaker
-closes again: it is the clock the routing policy's patience is measured on.
+closes again: with the time a processor has been too slow, it is the clock
+the routing policy's patience is measured on (routing.down_since).
 Every change of state is counted in the row's ``transitions`` (indexed by the
 state entered), for the metrics endpoint.
 """
@@ -74,11 +75,6 @@ def probing(breaker: Breaker, now: int) -> Breaker:
 def probe_due_at(breaker: Breaker) -> int | None:
     """When an open breaker will let a probe through, None if it is not open."""
     return breaker.probe_at + PROBE_INTERVAL_US if breaker.state == OPEN else None
-
-
-def down_for(breaker: Breaker, now: int) -> int:
-    """Microseconds since the breaker left CLOSED, 0 when closed."""
-    return now - breaker.down_since if breaker.down_since else 0
 
 
 def _opened(breaker: Breaker, now: int, failures: int) -> Breaker:

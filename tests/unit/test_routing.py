@@ -62,7 +62,7 @@ def test_a_successful_probe_closes_the_breaker_and_resets_the_outage_clock():
     default = breaker.probing(failed(UP, breaker.THRESHOLD, 10 * S), 11 * S)
     default = breaker.succeeded(default)
     assert default.state == breaker.CLOSED
-    assert breaker.down_for(default, 12 * S) == 0
+    assert routing.down_since(default, 0) == 0
     assert routing.choose((default, UP), FAST, (0, 0), 12 * S, POLICY) == Choice(DEFAULT)
 
 

@@ -4,6 +4,8 @@
     bruto-shm --json          one snapshot as JSON (bruto.shm.snapshot), for scripts
     bruto-shm --watch [S]     a live view, refreshed every S seconds (1 by default):
                               rates between refreshes, backlog, breakers, latency
+    bruto-shm --payment ID    where one payment is (what GET /payments/{ID} answers);
+                              exit status 1 if bruto holds none (with --json: the body)
 
 Read-only: it attaches to existing regions (never creates them), takes no
 lock a writer waits for, and reads the same counters the metrics endpoint
@@ -21,7 +23,10 @@ import time
 
 from bruto.config import SettingError
 from bruto.config import Settings
+from bruto.gateway.validation import InvalidPayment
+from bruto.gateway.validation import parse_correlation_id
 from bruto.shm.layout import PROCESSOR_NAMES
+from bruto.shm.lookup import Payment
 from bruto.shm.region import RegionError
 from bruto.shm.snapshot import SharedRegions
 
@@ -65,6 +70,19 @@ def table(snap: dict) -> str:
             f"attempts {p['attempts']} ({p['retries']} retries): "
             + ", ".join(f"{k} {n}" for k, n in p["outcomes"].items() if n))
     return "\n".join(lines)
+
+
+def payment_view(found, correlation_id: bytes) -> str:
+    """One payment in words: what GET /payments/{id} answers, for an operator without HTTP."""
+    text = json.loads(found.json() if isinstance(found, Payment) else found.json(correlation_id))
+    if not isinstance(found, Payment):
+        return f"{text['error']} (reason: {found.reason})"
+    line = f"payment {text['correlationId']}: {found.state.replace('_', ' ')}, amount {text['amount']}"
+    if found.processor:
+        line += f", processor {found.processor}, requestedAt {text['requestedAt']}"
+    if found.unresolved:
+        line += " (unresolved: its answer was lost; bruto looks it up on that processor)"
+    return line
 
 
 def _rate(now: int, before: int, seconds: float) -> float:
@@ -148,11 +166,28 @@ def main(argv: list[str] | None = None) -> int:
     shown.add_argument("--json", action="store_true", help="print one snapshot as JSON")
     shown.add_argument("--watch", nargs="?", type=float, const=1.0, metavar="SECONDS",
                        help="refresh a live view every SECONDS (default 1)")
+    parser.add_argument("--payment", metavar="CORRELATION_ID",
+                        help="where one payment is (GET /payments/{id}; --json: its body); "
+                             "exit status 1 if bruto holds none")
     parser.add_argument("--count", type=int, help="with --watch: stop after this many refreshes")
     args = parser.parse_args(argv)
+    if args.payment is not None:
+        if args.watch is not None:
+            parser.error("--payment shows one payment once; it does not go with --watch")
+        try:
+            correlation_id = parse_correlation_id(args.payment)
+        except InvalidPayment as error:
+            parser.error(f"--payment: {error.message}")
     try:
         shm_dir = args.shm_dir or Settings.from_env().shm_dir
         regions = SharedRegions(shm_dir)
+        if args.payment is not None:
+            found = regions.finder().find(correlation_id)
+            if args.json:
+                print((found.json() if isinstance(found, Payment) else found.json(correlation_id)).decode())
+            else:
+                print(payment_view(found, correlation_id))
+            return 0 if isinstance(found, Payment) else 1
         if args.watch is not None:
             if args.watch <= 0:
                 parser.error("--watch needs a positive number of seconds")

@@ -8,6 +8,15 @@ ledger's or the outbox's own column when a probe compares keys. Open
 addressing with linear probing, a load factor of at most ``MAX_LOAD``, and
 deletion by backward shift (no tombstones), so the table never degrades.
 
+The table lives in shared memory (``index.bin``, bruto.shm.layout.INDEX), the
+dispatcher its only writer, so a web worker can find a payment by its id
+without scanning the ledger (GET /payments/{id}, bruto.shm.lookup). Readers
+take no lock: a store of one reference is atomic, and the two changes that
+move or drop references a reader may be stepping over (a removal's backward
+shift, a rebuild) are bracketed by the ``changes`` sequence (odd while under
+way), which a reader checks around its probe. Inserts and moves, one store
+each, cost the POST path and the dispatcher nothing more than before.
+
 Memory is fixed when the dispatcher starts and never grows: with the default
 capacities (ledger 2^20, outbox 2^16) the table has 2^21 slots, 8 MiB, against
 about 90 bytes per id (94 MiB at a full ledger) for a Python set of bytes
@@ -25,18 +34,32 @@ import os
 
 import numpy as np
 
-EMPTY = -1
-MAX_LOAD = 0.6
+from bruto.shm.layout import EMPTY_REF
+from bruto.shm.layout import INDEX
+from bruto.shm.layout import INDEX_MAX_LOAD
+from bruto.shm.layout import index_slots
+from bruto.shm.region import Region
+
+EMPTY = EMPTY_REF
+MAX_LOAD = INDEX_MAX_LOAD
 REBUILD_CHUNK = 1 << 14
 _MASK64 = (1 << 64) - 1
 
 
 def table_slots(ids: int) -> int:
     """Slots of a table for at most ``ids`` ids: a power of two, load at most MAX_LOAD."""
-    slots = 8
-    while slots * MAX_LOAD < ids:
-        slots *= 2
-    return slots
+    return index_slots(ids, 0)
+
+
+def home_slot(key: bytes, k1: int, k2: int, shift: int) -> int:
+    """The table slot where the probe for ``key`` starts (the dispatcher's and the readers')."""
+    low = int.from_bytes(key[:8], "little")
+    high = int.from_bytes(key[8:], "little")
+    return ((low * k1 ^ high * k2) & _MASK64) >> shift
+
+
+def hash_shift(slots: int) -> int:
+    return 64 - slots.bit_length() + 1
 
 
 class DedupIndex:
@@ -45,19 +68,46 @@ class DedupIndex:
     Args:
         ledger_ids: the ledger's ``correlation_id`` column (V16).
         outbox_ids: the outbox entries' ``correlation_id`` field (V16).
+        table: the INDEX region to keep the table in (``index.bin``); an
+            in-memory one if None (tests).
+
+    The table is unusable to readers (``changes`` odd) from here until the
+    first :meth:`rebuild` ends: it starts empty, whatever the region held.
     """
 
-    def __init__(self, ledger_ids: np.ndarray, outbox_ids: np.ndarray):
+    def __init__(self, ledger_ids: np.ndarray, outbox_ids: np.ndarray, table: Region | None = None):
         self.ledger_capacity = len(ledger_ids)
         self._ledger_keys = ledger_ids.view("<u8").reshape(-1, 2)
         self._outbox_ids = outbox_ids  # a field of the outbox records: strided, read one entry at a time
         slots = table_slots(len(ledger_ids) + len(outbox_ids))
+        if table is None:
+            table = Region.in_memory(INDEX, slots)
+        if table.capacity != slots:
+            raise ValueError(f"{table.path}: {table.capacity} slots, expected {slots}")
         self._mask = slots - 1
-        self._shift = 64 - slots.bit_length() + 1
-        self._table = np.full(slots, EMPTY, dtype=np.int32)
+        self._shift = hash_shift(slots)
+        counters = table.counters_array
+        self._changes = memoryview(counters["changes"])
+        self._begin_change()  # readers keep off until the first rebuild is complete
+        self._table = table.records["ref"]
+        self._table.fill(EMPTY)
         multipliers = np.frombuffer(os.urandom(16), dtype="<u8") | np.uint64(1)
         self._k1, self._k2 = (int(k) for k in multipliers)
+        counters["hash_k1"] = self._k1
+        counters["hash_k2"] = self._k2
+        counters["ledger_capacity"] = self.ledger_capacity
         self.size = 0
+
+    def _begin_change(self) -> bool:
+        """Mark the table as changing (``changes`` odd); False if it already was."""
+        if self._changes[0] % 2:
+            return False
+        self._changes[0] += 1
+        return True
+
+    def _end_change(self, began: bool) -> None:
+        if began:
+            self._changes[0] += 1
 
     def ledger_ref(self, slot: int) -> int:
         return slot
@@ -95,6 +145,7 @@ class DedupIndex:
         hole = self._slot_of(key, ref)
         if hole is None:
             return
+        began = self._begin_change()  # the shift below may move a key past a reader's probe
         i = hole
         while True:  # backward shift: pull later members of the probe run into the hole
             i = (i + 1) & mask
@@ -106,6 +157,7 @@ class DedupIndex:
                 table[hole] = moved
                 hole = i
         table[hole] = EMPTY
+        self._end_change(began)
         self.size -= 1
 
     # -- whole regions ---------------------------------------------------------
@@ -117,6 +169,7 @@ class DedupIndex:
             The outbox entries whose id was already indexed (by the ledger, or
             an earlier entry): they are not indexed again.
         """
+        self._begin_change()
         self._table.fill(EMPTY)
         self.size = 0
         for part in ledger_parts:
@@ -129,6 +182,7 @@ class DedupIndex:
             keys = self._outbox_id_keys(entries)
             seen = self._add_many(keys, entries.astype(np.int64) + self.ledger_capacity)
             repeated.append(entries[seen])
+        self._changes[0] += 1  # complete: readers may use it
         return np.concatenate(repeated) if repeated else np.zeros(0, dtype=np.int64)
 
     def _add_many(self, keys: np.ndarray, refs: np.ndarray) -> np.ndarray:
@@ -173,9 +227,7 @@ class DedupIndex:
         return np.frombuffer(self._outbox_ids[entries].tobytes(), dtype="<u8").reshape(-1, 2)
 
     def _home(self, key: bytes) -> int:
-        low = int.from_bytes(key[:8], "little")
-        high = int.from_bytes(key[8:], "little")
-        return ((low * self._k1 ^ high * self._k2) & _MASK64) >> self._shift
+        return home_slot(key, self._k1, self._k2, self._shift)
 
     def _home_many(self, keys: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):

@@ -65,6 +65,7 @@ from bruto.shm.layout import SENT
 from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import DispatcherRegions
 from bruto.shm.ledger import LedgerWriter
+from bruto.shm.rejected import RejectedWriter
 
 log = logging.getLogger("bruto.dispatcher")
 
@@ -135,7 +136,9 @@ class Outbox:
         self._in_use = regions.outbox.counters
         self._ledger = LedgerWriter(regions.ledger)
         self._health = regions.health.records
-        self._dedup = DedupIndex(regions.ledger.columns["correlation_id"], self._entries["correlation_id"])
+        self._rejected = RejectedWriter(regions.rejected)
+        self._dedup = DedupIndex(regions.ledger.columns["correlation_id"], self._entries["correlation_id"],
+                                 regions.index)
         self._generation = [0] * regions.outbox.capacity  # of each entry's one pending timer or action
         self._free: list[int] = []
         self._ready: collections.deque[int] = collections.deque()
@@ -264,6 +267,8 @@ class Outbox:
             self.stats["rejected"] += 1
             log.error("%s rejected payment %s outright; dropping it",
                       PROCESSOR_NAMES[processor], send.correlation_id.hex())
+            # Kept where GET /payments/{id} finds it, before the index forgets the id.
+            self._rejected.append(send.correlation_id, send.amount_cents, send.requested_at, processor, now)
             self._release(index, forget=True)
         else:
             self.stats["unknown"] += 1
@@ -501,6 +506,7 @@ class Outbox:
     def _finish_purge(self, slot: int) -> None:
         """Carry out the claimed purge of ``slot`` (again, after a crash: every step is idempotent)."""
         self._ledger.purge(below=int(self._dispatch["purge_ledger_below"]))
+        self._rejected.purge()
         # The gateway reads the marks slab by slab before it publishes the
         # ticket: a payment accepted past its slab's mark in between may have
         # been drained already. It came after the request, so it stays.
@@ -522,7 +528,9 @@ class Outbox:
             for index in np.flatnonzero(purged):
                 if ids[index].tobytes() in after:
                     purged[index] = False
-        self._entries["purged"][purged & ((states == SENT) | (states == UNRESOLVED))] = 1
+        # Queued ones are marked too, as they are freed: their id stays in the
+        # free entry until it is reused, and GET /payments/{id} reads it there.
+        self._entries["purged"][purged] = 1
         states[purged & (states == QUEUED)] = FREE
         finished = int(self._cursors[slot]["purges_done"]) < int(self._cursors[slot]["purge_claimed"])
         self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]

@@ -2,7 +2,8 @@
 
 POST /payments never leaves the process: validate, append to this worker's
 intake slab, answer 202. Summaries are vectorized sums over the shared ledger,
-so any worker of any instance answers them alike.
+and GET /payments/{correlationId} reads where the payment is in the shared
+regions (bruto.shm.lookup), so any worker of any instance answers them alike.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bruto.gateway.counters import GatewayCounters
 from bruto.gateway.metrics import Metrics
 from bruto.gateway.validation import MAX_BODY
 from bruto.gateway.validation import InvalidPayment
+from bruto.gateway.validation import parse_correlation_id
 from bruto.gateway.validation import parse_payment
 from bruto.money import format_cents
 from bruto.shm import ledger
@@ -26,6 +28,10 @@ from bruto.shm.intake import IntakeFull
 from bruto.shm.intake import IntakeWriter
 from bruto.shm.intake import Overloaded
 from bruto.shm.layout import open_ledger
+from bruto.shm.lookup import Payment
+from bruto.shm.lookup import PaymentFinder
+from bruto.shm.region import RegionError
+from bruto.shm.snapshot import SharedRegions
 from bruto.timefmt import now_us
 from bruto.timefmt import parse_iso
 
@@ -116,6 +122,39 @@ class Summary:
         ).encode()
 
 
+class PaymentState:
+    """GET /payments/{correlationId}: where one payment is, from shared memory (bruto.shm.lookup)."""
+
+    def __init__(self, shm_dir: str, counters: GatewayCounters):
+        self._shm_dir = shm_dir
+        self._counters = counters
+        self._finder: PaymentFinder | None = None
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, correlation_id: str) -> None:
+        try:
+            raw = parse_correlation_id(correlation_id)
+        except InvalidPayment as error:  # the answer POST /payments gives the same id
+            self._counters.response(req.path, error.status)
+            _error(resp, error.status, error.message)
+            return
+        try:
+            if self._finder is None:  # attached at the first lookup, as /metrics does
+                self._finder = SharedRegions(self._shm_dir).finder()
+        except RegionError as error:
+            self._counters.response(req.path, 503)
+            _error(resp, 503, str(error))
+            return
+        found = self._finder.find(raw)
+        resp.content_type = JSON
+        if isinstance(found, Payment):
+            self._counters.response(req.path, 200)
+            resp.data = found.json()
+            return
+        self._counters.response(req.path, 404)
+        resp.status = 404
+        resp.data = found.json(raw)
+
+
 class Purge:
     """POST /purge-payments: 200 once carried out; 503, and never carried out, if not in time.
 
@@ -167,6 +206,7 @@ def create_app(settings: Settings | None = None) -> falcon.App:
     app.req_options.auto_parse_qs_csv = False
     app.set_error_serializer(functools.partial(_serialize_http_error, counters))
     app.add_route("/payments", Payments(intake, counters))
+    app.add_route("/payments/{correlation_id}", PaymentState(settings.shm_dir, counters))
     app.add_route("/payments-summary", Summary(settings, counters))
     app.add_route("/purge-payments", GuardedPurge(Purge(intake, counters, settings.purge_timeout_s), settings, counters))
     app.add_route("/metrics", Metrics(settings.shm_dir, counters))

@@ -17,6 +17,7 @@ from bruto.gateway.validation import InvalidPayment
 from bruto.money import format_cents
 from bruto.shm.layout import OTHER_ROUTE
 from bruto.shm.layout import OTHER_STATUS
+from bruto.shm.layout import PAYMENT_ROUTE
 from bruto.shm.layout import PROTOCOL_ERRORS
 from bruto.shm.layout import REJECTIONS
 from bruto.shm.layout import ROUTE_OF_PATH
@@ -62,7 +63,9 @@ class GatewayCounters:
 
     def response(self, path: str, status: int) -> None:
         """An answer of the app (POST /payments' 202s and refusals aside: see the module)."""
-        route = ROUTE_OF_PATH.get(path, OTHER_ROUTE)
+        route = ROUTE_OF_PATH.get(path)
+        if route is None:
+            route = PAYMENT_ROUTE if path.startswith("/payments/") and path.count("/") == 2 else OTHER_ROUTE
         self._responses[route, STATUS_COLUMN.get(status, OTHER_STATUS)] += 1
 
     def rejection(self, error: InvalidPayment) -> None:

@@ -53,6 +53,11 @@ def parse_payment(body: bytes) -> tuple[bytes, int]:
     return _correlation_id(payment.get("correlationId")), _amount_cents(payment.get("amount"))
 
 
+def parse_correlation_id(value) -> bytes:
+    """A correlationId as 16 bytes, checked as POST /payments checks it; or raise InvalidPayment (422)."""
+    return _correlation_id(value)
+
+
 def _correlation_id(value) -> bytes:
     if value is None:
         raise InvalidPayment(422, "correlationId is required")

@@ -8,6 +8,8 @@
 | ledger       | ledger.bin    | dispatcher           | payments a processor confirmed (a ring)  |
 | health       | health.bin    | the elected poller   | one row per processor                    |
 | metrics      | metrics.bin   | dispatcher           | the dispatcher's counters, per processor |
+| index        | index.bin     | dispatcher           | where each id it holds lives (dedup)     |
+| rejected     | rejected.bin  | dispatcher           | payments a processor refused for good    |
 
 Counters for the metrics endpoint and the inspector live with their writer: a
 web worker counts its answers in its own intake slab's counters (beside
@@ -41,9 +43,11 @@ MAX_INTAKE_SLOTS = 64
 # POST /payments answered 202 is not counted there: each one is exactly one
 # record published (``written``), so the hot path pays nothing for it, and
 # its refusals are counted by reason (REJECTIONS) instead.
-ROUTES = ("payments", "payments_summary", "purge_payments", "metrics", "other")
+# ``payments_by_id`` is GET /payments/{correlationId} (bruto.shm.lookup).
+ROUTES = ("payments", "payments_summary", "purge_payments", "metrics", "payments_by_id", "other")
 ROUTE_OF_PATH = {"/payments": 0, "/payments-summary": 1, "/purge-payments": 2, "/metrics": 3}
-OTHER_ROUTE = 4
+PAYMENT_ROUTE = ROUTES.index("payments_by_id")
+OTHER_ROUTE = ROUTES.index("other")
 STATUSES = (200, 202, 400, 401, 403, 404, 405, 413, 422, 500, 503)
 OTHER_STATUS = len(STATUSES)  # the array has one more column, for any status not listed
 # Why POST /payments refused a payment (reason, the status answered): the
@@ -68,7 +72,7 @@ PROTOCOL_ERRORS = (400, 413, 414, 431, 500)
 
 INTAKE = Layout(
     kind=b"intake",
-    version=4,
+    version=5,
     counters=np.dtype([
         ("written", "<i8"),         # records published; the next one goes at written % capacity
         ("owner_pid", "<i8"),       # informational: the worker that holds the slot now
@@ -165,6 +169,50 @@ LEDGER = Layout(
     # Summaries scan requested_at, amount_cents and processor over the whole
     # ring: one contiguous array each makes that a few memory-bound passes.
     columnar=True,
+)
+
+# The dedup index (bruto.dispatcher.dedup), in shared memory so that any web
+# worker can find a payment by its id (bruto.shm.lookup): an open-addressing
+# table of references, each a ledger slot (``0 <= ref < ledger_capacity``) or
+# an outbox entry (``ledger_capacity + entry``), EMPTY_REF where none.
+EMPTY_REF = -1
+INDEX_MAX_LOAD = 0.6
+INDEX = Layout(
+    kind=b"index",
+    version=1,
+    counters=np.dtype([
+        # A sequence a reader checks around its probe: odd while the
+        # dispatcher makes a change a probe could miss a key in (a removal's
+        # backward shift, a rebuild), and 0 until a dispatcher first built the
+        # table. A probe that saw it odd, or changed, is not to be trusted.
+        ("changes", "<i8"),
+        ("hash_k1", "<u8"),          # the keyed hash's multipliers (bruto.dispatcher.dedup)
+        ("hash_k2", "<u8"),
+        ("ledger_capacity", "<i8"),  # where ledger refs end and outbox refs begin
+    ]),
+    record=np.dtype([
+        ("ref", "<i4"),
+    ]),
+)
+
+# Payments a processor refused for good (a 4XX other than 422 and 429): the
+# outbox lets them go, and this ring keeps the last REJECTED_CAPACITY of them
+# so GET /payments/{id} can say so. Record ``i`` at ``i % capacity``.
+REJECTED_CAPACITY = 4096
+REJECTED = Layout(
+    kind=b"rejected",
+    version=1,
+    counters=np.dtype([
+        ("count", "<i8"),  # records ever appended (published after the record)
+        ("start", "<i8"),  # first index not purged
+    ]),
+    record=np.dtype([
+        ("correlation_id", "V16"),
+        ("amount_cents", "<i8"),
+        ("requested_at", "<i8"),     # sent with the attempt the processor refused
+        ("rejected_at", "<i8"),
+        ("processor", "u1"),
+    ]),
 )
 
 # Seconds of delay evidence kept one by one (bruto.dispatcher.delays).
@@ -272,6 +320,24 @@ def open_metrics(settings: Settings) -> Region:
     return Region.open(region_path(settings.shm_dir, METRICS), METRICS, len(PROCESSOR_NAMES))
 
 
+def index_slots(ledger_capacity: int, outbox_capacity: int) -> int:
+    """Slots of the dedup table for every id the ledger and the outbox can hold:
+    a power of two, at a load factor of at most INDEX_MAX_LOAD."""
+    slots = 8
+    while slots * INDEX_MAX_LOAD < ledger_capacity + outbox_capacity:
+        slots *= 2
+    return slots
+
+
+def open_index(settings: Settings) -> Region:
+    return Region.open(region_path(settings.shm_dir, INDEX), INDEX,
+                       index_slots(settings.ledger_capacity, settings.outbox_capacity))
+
+
+def open_rejected(settings: Settings) -> Region:
+    return Region.open(region_path(settings.shm_dir, REJECTED), REJECTED, REJECTED_CAPACITY)
+
+
 @dataclasses.dataclass(frozen=True)
 class DispatcherRegions:
     """Every region the dispatcher reads or writes."""
@@ -282,12 +348,14 @@ class DispatcherRegions:
     ledger: Region
     health: Region
     metrics: Region
+    index: Region
+    rejected: Region
 
     @classmethod
     def open(cls, settings: Settings) -> "DispatcherRegions":
         return cls([open_intake(settings, slot) for slot in range(settings.intake_slots)],
                    open_dispatch(settings), open_outbox(settings), open_ledger(settings), open_health(settings),
-                   open_metrics(settings))
+                   open_metrics(settings), open_index(settings), open_rejected(settings))
 
     @classmethod
     def in_memory(cls, intake_slots: int, intake_capacity: int, outbox_capacity: int,
@@ -296,7 +364,9 @@ class DispatcherRegions:
         return cls([Region.in_memory(INTAKE, intake_capacity) for _ in range(intake_slots)],
                    Region.in_memory(DISPATCH, intake_slots), Region.in_memory(OUTBOX, outbox_capacity),
                    Region.in_memory(LEDGER, ledger_capacity), Region.in_memory(HEALTH, len(PROCESSOR_NAMES)),
-                   Region.in_memory(METRICS, len(PROCESSOR_NAMES)))
+                   Region.in_memory(METRICS, len(PROCESSOR_NAMES)),
+                   Region.in_memory(INDEX, index_slots(ledger_capacity, outbox_capacity)),
+                   Region.in_memory(REJECTED, REJECTED_CAPACITY))
 
 
 def create_all(settings: Settings) -> None:
@@ -310,3 +380,5 @@ def create_all(settings: Settings) -> None:
     open_ledger(settings)
     open_health(settings)
     open_metrics(settings)
+    open_index(settings)
+    open_rejected(settings)

@@ -33,6 +33,7 @@ from bruto.shm import ledger
 from bruto.shm.layout import DISPATCH
 from bruto.shm.layout import HEALTH
 from bruto.shm.layout import HEALTH_POLL_RESULTS
+from bruto.shm.layout import INDEX
 from bruto.shm.layout import INTAKE
 from bruto.shm.layout import LATENCY_BOUNDS_US
 from bruto.shm.layout import LEDGER
@@ -43,6 +44,7 @@ from bruto.shm.layout import OUTCOMES
 from bruto.shm.layout import PROCESSOR_NAMES
 from bruto.shm.layout import PROTOCOL_ERRORS
 from bruto.shm.layout import QUEUED
+from bruto.shm.layout import REJECTED
 from bruto.shm.layout import REJECTIONS
 from bruto.shm.layout import ROUTES
 from bruto.shm.layout import SENT
@@ -50,6 +52,7 @@ from bruto.shm.layout import STATUSES
 from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import region_path
 from bruto.shm.layout import slab_path
+from bruto.shm.lookup import PaymentFinder
 from bruto.shm.region import Region
 from bruto.shm.region import RegionError
 
@@ -101,8 +104,14 @@ class SharedRegions:
         self.ledger = self._attach(LEDGER)
         self.health = self._attach(HEALTH)
         self.metrics = self._attach(METRICS)
+        self.index = self._attach(INDEX)
+        self.rejected = self._attach(REJECTED)
         self.slabs = [Region.attach(slab_path(shm_dir, slot), INTAKE, writable=False)
                       for slot in range(self.dispatch.capacity)]
+
+    def finder(self, pause=None):
+        """A bruto.shm.lookup.PaymentFinder over these regions (``pause`` between chunks of a scan)."""
+        return PaymentFinder(self.slabs, self.dispatch, self.outbox, self.ledger, self.index, self.rejected, pause)
 
     def _attach(self, layout) -> Region:
         return Region.attach(region_path(self.shm_dir, layout), layout, writable=False)

@@ -95,6 +95,10 @@ def test_metrics_and_the_inspector_match_the_traffic_sent(gateway, clean_process
     assert gateway.http.get(gateway.url + "/nowhere").status_code == 404
     assert gateway.http.get(gateway.url + "/payments").status_code == 405
     gateway.wait_settled(clean_processors, expected=20)
+    assert gateway.http.get(f"{gateway.url}/payments/{before[0][0]}").status_code == 200
+    assert gateway.http.get(f"{gateway.url}/payments/{uuid.uuid4()}").status_code == 404
+    assert gateway.http.get(gateway.url + "/payments/not-a-uuid").status_code == 422
+    assert gateway.http.post(f"{gateway.url}/payments/{uuid.uuid4()}").status_code == 405
     for correlation_id, amount in before[:3]:  # repeated: answered 202, dropped by the dispatcher
         assert gateway.pay(correlation_id, amount).status_code == 202
     # A purge skips what the dispatcher has not drained yet: let it see the repeats first.
@@ -122,6 +126,8 @@ def test_metrics_and_the_inspector_match_the_traffic_sent(gateway, clean_process
     assert (total(samples, "bruto_http_requests_total", route="payments_summary", status="200")
             == answers[("/payments-summary", 200)])
     assert total(samples, "bruto_http_requests_total", route="metrics", status="200") == 0  # counted once answered
+    for status in ("200", "404", "422", "405"):  # GET /payments/{id}, and a POST to it
+        assert total(samples, "bruto_http_requests_total", route="payments_by_id", status=status) == 1, status
     for reason in INVALID:
         assert total(samples, "bruto_payments_rejected_total", reason=reason) == 1, reason
     assert total(samples, "bruto_payments_rejected_total", reason="intake_full") == 0

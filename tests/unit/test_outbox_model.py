@@ -54,9 +54,13 @@ from bruto.dispatcher.outcomes import Stored
 from bruto.shm.intake import IntakeFull
 from bruto.shm.intake import IntakeWriter
 from bruto.shm.layout import FREE
+from bruto.shm.layout import PROCESSOR_NAMES
+from bruto.shm.layout import QUEUED
 from bruto.shm.layout import SENT
 from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import DispatcherRegions
+from bruto.shm.lookup import Payment
+from bruto.shm.lookup import PaymentFinder
 
 S = 1_000_000
 MS = 1_000
@@ -121,6 +125,8 @@ class OutboxWorld(RuleBasedStateMachine):
         self.stopped_answers: list[Request] = []
         self.purge_lock_busy = False
         self.outbox = self._start()
+        r = self.regions  # GET /payments/{id}, as a web worker reads it
+        self.finder = PaymentFinder(r.intake, r.dispatch, r.outbox, r.ledger, r.index, r.rejected)
 
     def _start(self) -> Outbox:
         self.incarnation += 1
@@ -388,6 +394,7 @@ class OutboxWorld(RuleBasedStateMachine):
         self.no_accepted_payment_is_lost()
         self.the_ledger_is_what_the_processors_stored()
         self.every_entry_has_something_scheduled()
+        self.every_accepted_payment_is_found_where_it_is()
 
     def no_payment_is_stored_by_both_processors(self):
         assert not self.processors[0].stored.keys() & self.processors[1].stored.keys()
@@ -411,6 +418,28 @@ class OutboxWorld(RuleBasedStateMachine):
                 entry = pinned.get(correlation_id)  # stored, and the dispatcher does not know yet
                 assert entry is not None and int(entry["processor"]) == processor, "stored but not counted"
                 assert (int(entry["requested_at"]), int(entry["amount_cents"])) == stored
+
+    def every_accepted_payment_is_found_where_it_is(self):
+        rows = self._ledger_rows()
+        entries = {entry["correlation_id"].tobytes(): entry for _, entry in self._outbox_entries()}
+        for correlation_id in self.accepted - self.evicted:
+            found = self.finder.find(correlation_id)
+            if correlation_id in rows:
+                processor, requested_at, amount = rows[correlation_id]
+                expected = Payment(correlation_id, "confirmed", amount, PROCESSOR_NAMES[processor], requested_at)
+            elif correlation_id in entries:
+                entry = entries[correlation_id]
+                state = int(entry["state"])
+                if state == QUEUED:
+                    expected = Payment(correlation_id, "waiting", int(entry["amount_cents"]))
+                else:
+                    expected = Payment(correlation_id, "in_flight", int(entry["amount_cents"]),
+                                       PROCESSOR_NAMES[int(entry["processor"])], int(entry["requested_at"]),
+                                       unresolved=state == UNRESOLVED)
+            else:
+                assert isinstance(found, Payment) and found.state == "waiting", found  # in intake
+                continue
+            assert found == expected
 
     def every_entry_has_something_scheduled(self):
         out = {r.send.entry for r in self.requests

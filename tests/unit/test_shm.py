@@ -91,8 +91,8 @@ def test_processes_racing_to_create_share_one_set_of_files(tmp_path):
         p.join()
         assert p.exitcode == 0
     names = sorted(p.name for p in (tmp_path / "shm").iterdir())
-    assert names == ["dispatch.bin", "health.bin", "intake-00.bin", "intake-01.bin", "intake-02.bin",
-                     "intake-03.bin", "ledger.bin", "metrics.bin", "outbox.bin"]
+    assert names == ["dispatch.bin", "health.bin", "index.bin", "intake-00.bin", "intake-01.bin", "intake-02.bin",
+                     "intake-03.bin", "ledger.bin", "metrics.bin", "outbox.bin", "rejected.bin"]
 
 
 def _append_many(shm_dir, count):

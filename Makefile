@@ -1,5 +1,10 @@
 # The two commands of the README, and a few more.
 #   make up     install what is missing, then start the stack on :9999
+#               (continuing from the shared directory a `make stop` kept)
+#   make stop   stop it, keep the shared directory (/dev/shm/bruto: ledger, unsent payments)
+#   make down   stop it and delete the shared directory (not while it holds unsent payments:
+#               FORCE=1 drops them)
+#   make status what runs; fails if something does not
 #   make test   install what is missing, then run the whole test suite
 #               (PYTEST_ARGS="..." passes arguments to pytest)
 # Both are idempotent: a second run installs nothing. Python packages go into
@@ -16,7 +21,7 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-instal
 # GET /metrics in the tests and on `bruto-stack up --prometheus`; brings promtool).
 TEST_PACKAGES := nginx prometheus
 
-.PHONY: install up down status test bench
+.PHONY: install up stop down status test bench
 
 # pyproject.toml changes reinstall; the stamp says the last install succeeded.
 $(VENV)/.installed: pyproject.toml
@@ -32,16 +37,20 @@ install: $(VENV)/.installed
 
 # Real processors: make up BRUTO_DEFAULT_URL=http://... BRUTO_FALLBACK_URL=http://...
 # (both, or neither to start local emulators); make passes them on to bruto-stack.
+# --via-make: bruto-stack's messages then name these targets, not its own commands.
 up: install
-	$(BIN)/bruto-stack up
+	@$(BIN)/bruto-stack up --via-make
 
-# Keeps a shared directory that still holds accepted, unsent payments (and exits 1);
+stop:
+	@$(BIN)/bruto-stack stop --via-make
+
+# Fails, keeping the shared directory, while it holds accepted payments not sent yet;
 # make down FORCE=1 drops them.
 down:
-	$(BIN)/bruto-stack down $(if $(FORCE),--force)
+	@$(BIN)/bruto-stack down --via-make $(if $(FORCE),--force)
 
 status:
-	$(BIN)/bruto-stack status
+	@$(BIN)/bruto-stack status --via-make
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

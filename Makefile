@@ -6,7 +6,9 @@
 #               FORCE=1 drops them)
 #   make status what runs; fails if something does not
 #   make test   install what is missing, then run the whole test suite
-#               (PYTEST_ARGS="..." passes arguments to pytest)
+#               (PYTEST_ARGS="..." passes arguments to pytest); needs no Docker
+#   make test-compose
+#               the compose files with real Docker (tests/compose), Docker set up first
 # Both are idempotent: a second run installs nothing. Python packages go into
 # a virtual environment (.venv), never into the system's Python; Debian
 # packages (python3-venv, nginx, ...) are installed with apt-get when missing,
@@ -21,7 +23,7 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-instal
 # GET /metrics in the tests and on `bruto-stack up --prometheus`; brings promtool).
 TEST_PACKAGES := nginx prometheus
 
-.PHONY: install up stop down status test bench
+.PHONY: install up stop down status test test-compose bench
 
 # pyproject.toml changes reinstall; the stamp says the last install succeeded.
 $(VENV)/.installed: pyproject.toml
@@ -54,6 +56,13 @@ status:
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# What the judge starts, started (tests/compose; pyproject.toml keeps them out of `make test`):
+# tools/with_docker.sh sets Docker up as docs/CONTAINERS.md does (and stops a dockerd it
+# started), tools/build_images.sh builds the images from this checkout (NO_BUILD=1: use
+# the images there are). The tests use their own project names and ports.
+test-compose: install
+	tools/with_docker.sh sh -c '$(if $(NO_BUILD),,tools/build_images.sh && )$(BIN)/python -m pytest tests/compose $(PYTEST_ARGS)'
 
 bench: install
 	$(BIN)/bruto-bench

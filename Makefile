@@ -1,7 +1,14 @@
 # The two commands of the README, and a few more.
 #   make up     install what is missing, then start the stack on :9999
+#               (continuing from the shared directory a `make stop` kept)
+#   make stop   stop it, keep the shared directory (/dev/shm/bruto: ledger, unsent payments)
+#   make down   stop it and delete the shared directory (not while it holds unsent payments:
+#               FORCE=1 drops them)
+#   make status what runs; fails if something does not
 #   make test   install what is missing, then run the whole test suite
-#               (PYTEST_ARGS="..." passes arguments to pytest)
+#               (PYTEST_ARGS="..." passes arguments to pytest); needs no Docker
+#   make test-compose
+#               the compose files with real Docker (tests/compose), Docker set up first
 # Both are idempotent: a second run installs nothing. Python packages go into
 # a virtual environment (.venv), never into the system's Python; Debian
 # packages (python3-venv, nginx, ...) are installed with apt-get when missing,
@@ -16,7 +23,7 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-instal
 # GET /metrics in the tests and on `bruto-stack up --prometheus`; brings promtool).
 TEST_PACKAGES := nginx prometheus
 
-.PHONY: install up down status test bench
+.PHONY: install up stop down status test test-compose bench
 
 # pyproject.toml changes reinstall; the stamp says the last install succeeded.
 $(VENV)/.installed: pyproject.toml
@@ -32,19 +39,30 @@ install: $(VENV)/.installed
 
 # Real processors: make up BRUTO_DEFAULT_URL=http://... BRUTO_FALLBACK_URL=http://...
 # (both, or neither to start local emulators); make passes them on to bruto-stack.
+# --via-make: bruto-stack's messages then name these targets, not its own commands.
 up: install
-	$(BIN)/bruto-stack up
+	@$(BIN)/bruto-stack up --via-make
 
-# Keeps a shared directory that still holds accepted, unsent payments (and exits 1);
+stop:
+	@$(BIN)/bruto-stack stop --via-make
+
+# Fails, keeping the shared directory, while it holds accepted payments not sent yet;
 # make down FORCE=1 drops them.
 down:
-	$(BIN)/bruto-stack down $(if $(FORCE),--force)
+	@$(BIN)/bruto-stack down --via-make $(if $(FORCE),--force)
 
 status:
-	$(BIN)/bruto-stack status
+	@$(BIN)/bruto-stack status --via-make
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# What the judge starts, started (tests/compose; pyproject.toml keeps them out of `make test`):
+# tools/with_docker.sh sets Docker up as docs/CONTAINERS.md does (and stops a dockerd it
+# started), tools/build_images.sh builds the images from this checkout (NO_BUILD=1: use
+# the images there are). The tests use their own project names and ports.
+test-compose: install
+	tools/with_docker.sh sh -c '$(if $(NO_BUILD),,tools/build_images.sh && )$(BIN)/python -m pytest tests/compose $(PYTEST_ARGS)'
 
 bench: install
 	$(BIN)/bruto-bench

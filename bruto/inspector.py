@@ -41,6 +41,20 @@ def _alive(flag: bool) -> str:
     return "alive" if flag else "not running"
 
 
+def _payments(n: int) -> str:
+    return f"{n} payment{'' if n == 1 else 's'}"
+
+
+def _attempts(processor: dict) -> str:
+    """``3 attempts (1 of them a retry): stored 2, failed 1``; ``no attempts`` before the first."""
+    attempts, retries = processor["attempts"], processor["retries"]
+    if not attempts:
+        return "no attempts"
+    outcomes = ", ".join(f"{outcome} {n}" for outcome, n in processor["outcomes"].items() if n)
+    return (f"{attempts} attempt{'' if attempts == 1 else 's'} "
+            f"({retries} of them {'a retry' if retries == 1 else 'retries'})" + (f": {outcomes}" if outcomes else ""))
+
+
 def table(snap: dict) -> str:
     """The one-shot view: totals since the regions were created, and the state now."""
     lines = [f"shared directory {snap['shm_dir']}"]
@@ -48,7 +62,7 @@ def table(snap: dict) -> str:
     lines.append(f"dispatcher pid {d['pid']} ({_alive(d['alive'])}): duplicates dropped {d['duplicates_dropped']}, "
                  f"purges {d['purges']}")
     refused = {reason: n for reason, n in g["rejections"].items() if n}
-    lines.append(f"gateway: {g['workers_alive']} workers alive, {g['accepted']} payments accepted, "
+    lines.append(f"gateway: {g['workers_alive']} workers alive, {_payments(g['accepted'])} accepted, "
                  f"backlog {g['backlog']}; refused: "
                  + (", ".join(f"{reason} {n}" for reason, n in refused.items()) or "none"))
     for slab in snap["intake"]:
@@ -56,8 +70,10 @@ def table(snap: dict) -> str:
             owner = f"pid {slab['owner_pid']} {'alive' if slab['owner_alive'] else 'gone'}"
             lines.append(f"intake slot {slab['slot']:2d}: written {slab['written']}, backlog {slab['backlog']} ({owner})")
     o = snap["outbox"]
-    lines.append(f"outbox: {o['queued']} queued, {o['sent']} sent, {o['unresolved']} unresolved "
-                 f"(capacity {o['capacity']})")
+    waiting = o["queued"] + o["sent"] + o["unresolved"]
+    lines.append(f"outbox: {_payments(waiting)} not confirmed yet (capacity {o['capacity']}): "
+                 f"{o['queued']} queued, {o['sent']} out to a processor now, "
+                 f"{o['unresolved']} unresolved (a lookup decides)")
     led = snap["ledger"]
     lines.append(f"ledger: {led['retained']} counted of {led['count']} appended (capacity {led['capacity']}"
                  f"{', wrapped' if led['wrapped'] else ''})")
@@ -65,10 +81,9 @@ def table(snap: dict) -> str:
         h = p["health"]
         lines.append(
             f"  {name:8s}: {p['ledger']['totalRequests']} payments, {_cents(p['ledger']['totalCents'])}; "
-            f"breaker {p['breaker_state'].replace('_', '-')}, failing {h['failing']}, "
+            f"breaker {p['breaker_state'].replace('_', '-')}, failing {'yes' if h['failing'] else 'no'}, "
             f"delay {h['min_response_ms']} ms, p90 {h['latency_p90_ms']} ms; "
-            f"attempts {p['attempts']} ({p['retries']} retries): "
-            + ", ".join(f"{k} {n}" for k, n in p["outcomes"].items() if n))
+            + _attempts(p))
     return "\n".join(lines)
 
 

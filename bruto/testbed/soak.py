@@ -10,7 +10,9 @@ million in minutes. As root, the dispatcher runs in a cgroup with the memory
 limit its container has (``--memory-mb``, 120 MB in docker-compose.yml), so
 going over is an OOM kill, not a number to read; the cgroup's peak counts
 the shared-memory pages the dispatcher writes (ledger, outbox), as the
-container's would.
+container's would. Where no cgroup can be had (v1 or v2: not root, neither
+mounted writable), it stops at once with the reason, unless ``--no-limits``
+(then it measures RSS only, and the limit is not enforced).
 
 Prints progress every few seconds, then the dispatcher's peak RSS (VmHWM)
 and the cgroup's peak against the limit, and checks that the processors
@@ -59,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payments", type=int, default=1_000_000)
     parser.add_argument("--memory-mb", type=int, default=120, help="the dispatcher's memory limit (cgroup, as root)")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between progress lines")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="run the dispatcher without its memory limit where no cgroup can be had (RSS only)")
     args = parser.parse_args(argv)
+    reason = cgroups.unavailable_reason()
+    if reason and not args.no_limits:
+        print(f"bruto-soak: cannot set the dispatcher's {args.memory_mb} MB limit: {reason} "
+              "(--no-limits measures without it)", file=sys.stderr)
+        return 1
 
     shm_dir = tempfile.mkdtemp(prefix="bruto-soak-", dir="/dev/shm")
     processors = Processors.start()
@@ -67,15 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     create_all(settings)
     groups = {}
     command = [sys.executable, "-m", "bruto.dispatcher"]
-    reason = cgroups.unavailable_reason()
     if reason is None:
         groups = cgroups.create(f"bruto-soak-{os.getpid()}", {"dispatcher": (2.0, args.memory_mb)},
                                 (2.0, args.memory_mb))
         joins = " && ".join(f"echo $$ > {shlex.quote(str(Path(p, 'cgroup.procs')))}"
-                            for p in groups["dispatcher"].values())
+                            for p in dict.fromkeys(groups["dispatcher"].values()))
         command = ["sh", "-c", f'{joins} && exec "$@"', "dispatcher"] + command
     else:
-        print(f"bruto-soak: no memory limit ({reason}); measuring only", flush=True)
+        print(f"bruto-soak: no memory limit ({reason}; --no-limits); measuring only", flush=True)
     env = dict(os.environ, BRUTO_SHM_DIR=shm_dir, BRUTO_DEFAULT_URL=settings.default_url,
                BRUTO_FALLBACK_URL=settings.fallback_url, BRUTO_LOG_LEVEL="warning")
     dispatcher = subprocess.Popen(command, env=env)

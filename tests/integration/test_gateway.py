@@ -64,8 +64,9 @@ def test_two_thousand_concurrent_payments_match_the_processors(gateway, clean_pr
 
 
 def test_a_repeated_correlation_id_is_stored_once(gateway, clean_processors):
+    """Each repetition is answered 202; the first amount counts, even when a repetition's differs."""
     correlation_id = str(uuid.uuid4())
-    statuses = [gateway.pay(correlation_id, "10.00").status_code for _ in range(3)]
+    statuses = [gateway.pay(correlation_id, amount).status_code for amount in ("10.00", "99.00", "10.00")]
     assert statuses == [202, 202, 202]
     gateway.pay(amount="5.00")
     ours = gateway.wait_settled(clean_processors, expected=2)

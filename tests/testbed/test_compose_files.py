@@ -4,6 +4,7 @@ issue 23, the `metrics` profile)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,21 @@ def test_an_unmet_condition_is_found():
     services["api"]["depends_on"] = ["prometheus"]
     del services["job"]
     assert unmet(services) == []
+
+
+def as_the_judge_reads(text: str) -> dict:
+    """A compose file with every ``${VAR:-default}`` at its default: what compose makes of it with nothing set."""
+    return yaml.safe_load(re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text))
+
+
+def test_unset_the_port_and_network_variables_leave_the_challenges_names():
+    """The variables that let a second stack run beside a first (tests/compose) change nothing by default."""
+    product = as_the_judge_reads((REPO / "docker-compose.yml").read_text())
+    assert product["services"]["balancer"]["ports"] == ["9999:9999"]
+    assert product["services"]["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert product["networks"]["payment-processor"] == {"external": True, "name": "payment-processor"}
+    processors = as_the_judge_reads((REPO / "docker-compose.processors.yml").read_text())
+    for name, port in (("payment-processor-default", 8001), ("payment-processor-fallback", 8002)):
+        assert processors["services"][name]["container_name"] == name
+        assert processors["services"][name]["ports"] == [f"127.0.0.1:{port}:8080"]
+    assert processors["networks"]["payment-processor"]["name"] == "payment-processor"

@@ -4,6 +4,7 @@ over, `status` fails while something is down, `down` keeps a directory that hold
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -78,9 +79,10 @@ def test_every_process_that_dies_comes_back_and_status_says_when_one_is_down(sup
     assert back["restarts"] == 1
     capsys.readouterr()
     assert cli.main(["status"] + info["args"]) == 0
+    # Rows are named by role: the one that took over is now `dispatcher`, the restarted one its standby.
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("name=dispatcher")]
-    assert f"pid={back['pid']}" in next(r for r in rows if "name=dispatcher " in r)
-    assert "answers=standby" in next(r for r in rows if "name=dispatcher " in r)
+    assert rows[0].startswith(f"name=dispatcher  pid={standby['pid']}  ") and "answers=active" in rows[0]
+    assert rows[1].startswith(f"name=dispatcher-standby  pid={back['pid']}  ") and "answers=standby" in rows[1]
 
     # The balancer, a gunicorn master alone (its workers follow it out), a whole instance, an emulator.
     kills = [("balancer", False), ("api1", False), ("api2", True), ("emulator-default", False)]
@@ -136,6 +138,7 @@ def test_down_keeps_a_directory_holding_unsent_payments_unless_forced(supervised
     assert cli.main(["down"] + info["args"]) == 1
     told = capsys.readouterr().err
     assert f"kept {info['shm_dir']}: it holds 7 accepted payments not sent" in told
+    assert "`bruto-stack up` sends them, `bruto-stack down --force` drops them" in told
     assert os.path.isdir(info["shm_dir"])
     assert not (info["run_dir"] / "state.json").exists()
     # A new stack on the same directory (fresh emulators, not failing) sends them; then down removes it.
@@ -154,6 +157,57 @@ def test_down_force_drops_them(supervised, capsys):
     assert post_payment(info["base_url"]) == 202
     assert cli.main(["down", "--force"] + info["args"]) == 0
     assert not os.path.exists(info["shm_dir"])
+
+
+def test_stop_keeps_the_ledger_and_up_continues_from_it_then_down_deletes_it(supervised, capsys):
+    info = supervised
+    check_payments_flow(info)
+    before = get_json(f"{info['base_url']}/payments-summary")
+    capsys.readouterr()
+    assert cli.main(["stop", "--via-make"] + info["args"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "stack stopped",
+        f"kept {info['shm_dir']}: 5 confirmed payments, 0 accepted and not sent to a processor yet; "
+        "`make up` continues from it, `make down` deletes it"]
+    assert not (info["run_dir"] / "state.json").exists()
+    assert cli.main(["up"] + info["args"]) == 0
+    assert (f"continued from {info['shm_dir']}: 5 confirmed payments, 0 accepted and not sent"
+            in capsys.readouterr().out)
+    assert get_json(f"{info['base_url']}/payments-summary") == before
+    # Stopped again, then down: nothing runs, and down still deletes what the stack left.
+    assert cli.main(["stop"] + info["args"]) == 0
+    capsys.readouterr()
+    assert cli.main(["down"] + info["args"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"nothing running from {info['run_dir']}",
+        f"deleted {info['shm_dir']}: 5 confirmed payments, 0 accepted and not sent to a processor yet"]
+    assert not os.path.exists(info["shm_dir"])
+
+
+def test_down_names_make_commands_when_make_runs_it(supervised, capsys):
+    info = supervised
+    admin = {"X-Rinha-Token": "123", "Content-Type": "application/json"}
+    for url in info["processors"].values():
+        put(f"{url}/admin/configurations/failure", b'{"failure": true}', admin)
+    assert post_payment(info["base_url"]) == 202
+    capsys.readouterr()
+    assert cli.main(["down", "--via-make"] + info["args"]) == 1
+    assert "`make up` sends them, `make down FORCE=1` drops them" in capsys.readouterr().err
+    assert cli.main(["up"] + info["args"]) == 0
+    capsys.readouterr()
+    assert cli.main(["up", "--via-make"] + info["args"]) == 1
+    assert "`make stop` or `make down` first" in capsys.readouterr().err
+
+
+def test_down_leaves_a_directory_no_stack_created(stack_args, capsys):
+    os.makedirs(stack_args["shm_dir"])
+    try:
+        assert cli.main(["up"] + stack_args["args"]) == 0
+        assert cli.main(["down"] + stack_args["args"]) == 0
+        assert f"left {stack_args['shm_dir']} as it is: no stack created it" in capsys.readouterr().out
+        assert os.path.isdir(stack_args["shm_dir"])
+    finally:
+        shutil.rmtree(stack_args["shm_dir"], ignore_errors=True)
 
 
 def put(url: str, body: bytes, headers: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import falcon.testing
@@ -103,3 +104,18 @@ def test_unknown_routes_and_methods_answer_bruto_errors(client, method, path, st
 def test_an_oversized_body_gets_the_one_413_message(client):
     result = client.simulate_post("/payments", body=b" " * 70_000)
     assert (result.status_code, result.json) == (413, {"error": "body is larger than 4096 bytes"})
+
+
+def test_a_window_whose_from_is_after_its_to_sums_nothing(client, settings):
+    LedgerWriter(open_ledger(settings)).append(b"\x01" * 16, parse_iso("2025-07-15T12:00:00.000Z"), 1990, DEFAULT)
+    result = client.simulate_get("/payments-summary",
+                                 query_string="from=2025-07-16T00:00:00.000Z&to=2025-07-14T00:00:00.000Z")
+    assert result.status_code == 200
+    assert result.json == {"default": {"totalRequests": 0, "totalAmount": 0}, "fallback": {"totalRequests": 0, "totalAmount": 0}}
+
+
+def test_metrics_answer_503_naming_a_missing_region(client, settings):
+    os.unlink(os.path.join(settings.shm_dir, "metrics.bin"))
+    result = client.simulate_get("/metrics")
+    assert result.status_code == 503
+    assert "metrics.bin" in result.json["error"]

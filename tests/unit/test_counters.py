@@ -261,11 +261,23 @@ def test_the_inspector_prints_json_and_a_live_view(shm, capsys):
     assert status == 0
     assert json.loads(out)["gateway"]["accepted"] == 1
     status, out, _ = run_inspector(capsys, "--shm-dir", shm.shm_dir)
-    assert status == 0 and "1 payments accepted, backlog 1" in out
+    assert status == 0 and "1 payment accepted, backlog 1" in out
     status, out, _ = run_inspector(capsys, "--watch", "0.05", "--count", "2", "--shm-dir", shm.shm_dir)
     assert status == 0
     assert out.count("payments/s   in") == 2
     assert "default   closed" in out
+
+
+def test_the_table_adds_up_without_arithmetic(shm):
+    """The outbox's parts beside their sum, and a processor's attempts with nothing dangling when there are none."""
+    snap = read(shm.shm_dir)
+    snap["outbox"].update(queued=29, sent=1, unresolved=0)
+    snap["processors"]["default"].update(attempts=3, retries=1, outcomes={"stored": 2, "failed": 1, "unknown": 0})
+    shown = inspector.table(snap)
+    assert ("outbox: 30 payments not confirmed yet (capacity 64): 29 queued, 1 out to a processor now, "
+            "0 unresolved (a lookup decides)") in shown
+    assert shown.splitlines()[-2].endswith("; 3 attempts (1 of them a retry): stored 2, failed 1")
+    assert shown.splitlines()[-1].endswith("; no attempts")
 
 
 def test_the_live_view_computes_rates_between_snapshots(shm):

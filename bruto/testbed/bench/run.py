@@ -7,7 +7,8 @@ in the same invocation, scores bruto as docs/CHALLENGE.md §4 does, and prints
 the score as JSON and one summary line per run.
 
 By default it starts two emulators, then for each run a fresh bruto stack
-(confined to 1.5 CPU / 350 MB when cgroups allow) and the floor, one after the
+(confined to 1.5 CPU / 350 MB in cgroups, v1 or v2; where none can be had it
+stops with the reason, unless ``--no-limits``) and the floor, one after the
 other; ``--compose`` builds and runs the compose files instead (the
 processors' first, then a fresh docker-compose.yml stack for each run;
 ``--compose --cold``: both started for each run exactly as the judge starts
@@ -388,6 +389,14 @@ def _median(values: list[float]) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     """Every run of the invocation; returns the JSON result."""
+    limits = not args.no_limits and args.target is None and not args.compose
+    limits_note = "set by docker from docker-compose.yml" if args.compose else None
+    if limits and (reason := cgroups.unavailable_reason()):
+        # Unconfined, the stack measures something the challenge does not allow: refuse, in one line.
+        raise StackError(f"cannot confine the stack to the challenge's 1.5 CPU / 350 MB: {reason} "
+                         "(--no-limits runs it unconfined)")
+    if args.no_limits and not (args.target or args.compose):
+        limits_note = "no limits: --no-limits"
     # Taken first: others may commit while the runs last.
     revision = git_revision(Path(args.compose_dir or default_compose_dir()) if args.compose else None)
     out_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="bruto-bench-")).resolve()
@@ -399,10 +408,6 @@ def run(args: argparse.Namespace) -> dict:
         # bruto routes by the fees of the processors the bench starts (the
         # process stack inherits this environment; compose interpolates it).
         os.environ["BRUTO_DEFAULT_FEE"], os.environ["BRUTO_FALLBACK_FEE"] = fees
-    limits = not args.no_limits and args.target is None and not args.compose
-    limits_note = "set by docker from docker-compose.yml" if args.compose else None
-    if limits and (reason := cgroups.unavailable_reason()):
-        limits, limits_note = False, f"no limits: {reason}"
     default_url, fallback_url = args.default_url, args.fallback_url
     processors = None
     compose = None
@@ -589,7 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     # A smoke run of a script's timeline compressed (0.1: the final in 30 s); its score is not the challenge's.
     parser.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=1, help="repeat; medians are reported")
-    parser.add_argument("--no-limits", action="store_true", help="do not confine the stack in cgroups")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="do not confine the stack in cgroups (without it, a machine where none can be had "
+                             "is refused)")
     parser.add_argument("--no-floor", action="store_true", help="skip the static-nginx floor")
     parser.add_argument("--compose", action="store_true",
                         help="build and run the compose files (processors' first) instead of the process stack")

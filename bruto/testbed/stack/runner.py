@@ -1,6 +1,6 @@
 """Start, check and stop a set of services as plain processes.
 
-With limits, the confined services run in cgroup v1 groups
+With limits, the confined services run in cgroup groups, v1 or v2
 (bruto.testbed.stack.cgroups), with the split the services declare.
 
 Every process is started in its own session, so its process group id is its
@@ -277,7 +277,8 @@ class Stack:
             # Join the groups from inside the child before exec, so that every
             # process it forks (gunicorn workers, nginx's worker) starts in them.
             joins = " && ".join(
-                f"echo $$ > {shlex.quote(str(Path(p, 'cgroup.procs')))}" for p in paths.values()
+                # dict.fromkeys: on cgroup v2 every controller's directory is the same one.
+                f"echo $$ > {shlex.quote(str(Path(p, 'cgroup.procs')))}" for p in dict.fromkeys(paths.values())
             )
             argv = ["sh", "-c", f'{joins} && exec "$@"', service.name] + argv
         env = dict(os.environ, **service.env)

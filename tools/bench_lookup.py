@@ -5,8 +5,8 @@
 Fills a fresh shared directory under /dev/shm as a dispatcher would leave it
 at its limits: 1,048,576 confirmations in the ledger, 65,536 payments in the
 outbox (queued, sent and unresolved), the dedup index built over both by the
-dispatcher's own code (bruto.dispatcher.dedup), and 8 intake slabs with
-``--backlog`` payments each not drained yet. Then looks payments up as a web
+dispatcher's own code (bruto.dispatcher.dedup), and 8 intake slabs a lap
+full, ``--backlog`` payments each not drained yet and the rest drained. Then looks payments up as a web
 worker does (bruto.shm.lookup, the regions attached read-only), in each
 case below, and prints per case the median and the largest time of one
 lookup, and the largest time between two pauses (the longest a worker's
@@ -19,7 +19,7 @@ time of a single thread on an otherwise quiet machine: run it alone
 | confirmed           | intake scan, one index probe, the ledger slot               |
 | in the outbox       | intake scan, one index probe, the entry                     |
 | in intake           | intake scan (finds it), one index probe (a miss)            |
-| never accepted      | intake scan, a miss, the outbox's free entries, the ring    |
+| never accepted      | intake scan, a miss, the outbox, the ring, the drained slabs |
 | index rebuilt       | as ``confirmed``, but the index is being rebuilt: scans     |
 | purged, not held    | a miss after a purge: the purged ledger is scanned for it   |
 """
@@ -68,11 +68,14 @@ def fill(settings: Settings, backlog: int, rng: np.random.Generator) -> tuple[Di
     entries["requested_at"] = 1_750_000_000_000_000
     entries["state"] = rng.choice([QUEUED, SENT, UNRESOLVED], len(entries))
     regions.outbox.counters["in_use"] = len(entries)
-    for slab in regions.intake:
+    for slot, slab in enumerate(regions.intake):
+        # Each slab a lap full: ``backlog`` records not drained yet (slots
+        # 0..backlog), the rest of the ring drained ones a miss also reads.
         records = slab.records
-        records["correlation_id"][:backlog] = np.frombuffer(rng.bytes(16 * backlog), dtype="V16")
-        records["amount_cents"][:backlog] = 1990
-        slab.counters["written"] = backlog
+        records["correlation_id"][:] = np.frombuffer(rng.bytes(16 * slab.capacity), dtype="V16")
+        records["amount_cents"][:] = 1990
+        slab.counters["written"] = slab.capacity + backlog
+        regions.dispatch.records[slot]["drained"] = slab.capacity
     index = DedupIndex(columns["correlation_id"], entries["correlation_id"], regions.index)
     index.rebuild(LedgerWriter(ledger).retained(), np.arange(len(entries)))
     return regions, index
@@ -113,10 +116,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lookups", type=int, default=2000, help="lookups per fast case (a tenth for scans)")
     parser.add_argument("--backlog", type=int, default=1000, help="payments not drained yet, per intake slab")
+    defaults = Settings()
+    parser.add_argument("--ledger-capacity", type=int, default=defaults.ledger_capacity,
+                        help="smaller only to check the script itself: the figures are at the default")
+    parser.add_argument("--outbox-capacity", type=int, default=defaults.outbox_capacity)
+    parser.add_argument("--intake-capacity", type=int, default=defaults.intake_capacity)
     args = parser.parse_args()
     rng = np.random.default_rng(24)
     with tempfile.TemporaryDirectory(prefix="bruto-lookup-", dir="/dev/shm") as shm_dir:
-        settings = Settings(shm_dir=shm_dir)
+        settings = Settings(shm_dir=shm_dir, ledger_capacity=args.ledger_capacity,
+                            outbox_capacity=args.outbox_capacity, intake_capacity=args.intake_capacity)
         started = time.perf_counter()
         regions, index = fill(settings, args.backlog, rng)
         print(f"filled in {time.perf_counter() - started:.1f} s: ledger {regions.ledger.capacity:,}, "

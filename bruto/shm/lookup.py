@@ -125,6 +125,7 @@ class PaymentFinder:
                  rejected: Region, pause=None):
         self._pause = pause or _sleep
         self._slabs = slabs
+        self._slab_keys = [_keys(slab.records.view(np.uint8).reshape(slab.capacity, -1)) for slab in slabs]
         self._cursors = dispatch.records
         self._dispatch = dispatch.counters
         self._outbox = outbox.records
@@ -172,7 +173,7 @@ class PaymentFinder:
         for slot, slab in enumerate(self._slabs):
             drained = int(self._cursors[slot]["drained"])
             written = int(slab.counters["written"])  # the publication counter, after the cursor
-            keys = _keys(slab.records.view(np.uint8).reshape(slab.capacity, -1))
+            keys = self._slab_keys[slot]
             for n in self._hits(keys, wanted, drained, written, slab.capacity):
                 record = slab.records[n % slab.capacity]
                 if best is None or int(record["accepted_at"]) < best[0]:
@@ -311,7 +312,7 @@ class PaymentFinder:
             written = int(slab.counters["written"])
             drained = min(int(cursor["drained"]), written)
             below = int(cursor["purge_below"])
-            keys = _keys(slab.records.view(np.uint8).reshape(slab.capacity, -1))
+            keys = self._slab_keys[slot]
             for n in self._hits(keys, wanted, max(0, written - slab.capacity), drained, slab.capacity):
                 if n + slab.capacity <= int(slab.counters["written"]):
                     continue  # a newer record is being written into its slot: no evidence

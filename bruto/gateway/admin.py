@@ -23,13 +23,12 @@ from __future__ import annotations
 import hmac
 
 import falcon
-import orjson
 
 from bruto.config import Settings
 from bruto.gateway.counters import GatewayCounters
+from bruto.gateway.errors import set_error
 
 TOKEN_HEADER = "X-Bruto-Token"
-JSON = "application/json"
 
 
 class GuardedPurge:
@@ -66,6 +65,4 @@ class GuardedPurge:
 
     def _refuse(self, req: falcon.Request, resp: falcon.Response, status: int, message: str) -> None:
         self._counters.response(req.path, status)
-        resp.status = status
-        resp.content_type = JSON
-        resp.data = orjson.dumps({"error": message})
+        set_error(resp, status, message)

@@ -12,11 +12,13 @@ import functools
 import time
 
 import falcon
-import orjson
 
 from bruto.config import Settings
 from bruto.gateway.admin import GuardedPurge
 from bruto.gateway.counters import GatewayCounters
+from bruto.gateway.errors import JSON
+from bruto.gateway.errors import error_body
+from bruto.gateway.errors import set_error
 from bruto.gateway.metrics import Metrics
 from bruto.gateway.validation import MAX_BODY
 from bruto.gateway.validation import InvalidPayment
@@ -35,14 +37,6 @@ from bruto.shm.snapshot import SharedRegions
 from bruto.timefmt import now_us
 from bruto.timefmt import parse_iso
 
-JSON = "application/json"
-
-
-def _error(resp: falcon.Response, status: int, message: str) -> None:
-    resp.status = status
-    resp.content_type = JSON
-    resp.data = orjson.dumps({"error": message})
-
 
 def _serialize_http_error(counters: GatewayCounters, req: falcon.Request, resp: falcon.Response,
                           error: falcon.HTTPError) -> None:
@@ -56,7 +50,7 @@ def _serialize_http_error(counters: GatewayCounters, req: falcon.Request, resp: 
     else:
         message = error.description or error.title
     resp.content_type = JSON
-    resp.data = orjson.dumps({"error": message})
+    resp.data = error_body(message)
 
 
 class Payments:
@@ -75,18 +69,18 @@ class Payments:
             self._intake.append(correlation_id, amount_cents, now_us())
         except InvalidPayment as error:
             self._counters.rejection(error)
-            _error(resp, error.status, error.message)
+            set_error(resp, error.status, error.message)
             return
         except Overloaded:
             self._counters.overloaded()
             # Shed: bruto is not keeping up (bruto.config's shed_backlog).
-            _error(resp, 503, "too many payments are waiting, retry later")
+            set_error(resp, 503, "too many payments are waiting, retry later")
             resp.retry_after = 1
             return
         except IntakeFull:
             self._counters.intake_full()
             # Refuse rather than accept what cannot be kept (accepted = durable).
-            _error(resp, 503, "intake is full, retry later")
+            set_error(resp, 503, "intake is full, retry later")
             resp.retry_after = 1
             return
         resp.status = falcon.HTTP_202
@@ -105,7 +99,7 @@ class Summary:
                 bounds.append(None if text is None else parse_iso(text))
             except ValueError:
                 self._counters.response(req.path, 400)
-                _error(resp, 400, f"{name} must be an ISO-8601 date-time, e.g. 2020-07-10T12:34:56.000Z")
+                set_error(resp, 400, f"{name} must be an ISO-8601 date-time, e.g. 2020-07-10T12:34:56.000Z")
                 return
         self._counters.response(req.path, 200)
         found = ledger.totals(self._ledger, bounds[0], bounds[1])
@@ -135,14 +129,14 @@ class PaymentState:
             raw = parse_correlation_id(correlation_id)
         except InvalidPayment as error:  # the answer POST /payments gives the same id
             self._counters.response(req.path, error.status)
-            _error(resp, error.status, error.message)
+            set_error(resp, error.status, error.message)
             return
         try:
             if self._finder is None:  # attached at the first lookup, as /metrics does
                 self._finder = SharedRegions(self._shm_dir).finder()
         except RegionError as error:
             self._counters.response(req.path, 503)
-            _error(resp, 503, str(error))
+            set_error(resp, 503, str(error))
             return
         found = self._finder.find(raw)
         resp.content_type = JSON
@@ -172,8 +166,8 @@ class Purge:
         if not done:
             if self._intake.cancel_purge(ticket):
                 self._counters.response(req.path, 503)
-                _error(resp, 503, "the dispatcher did not carry out the purge in time; nothing was purged "
-                                  "(is bruto-dispatcher running?)")
+                set_error(resp, 503, "the dispatcher did not carry out the purge in time; nothing was purged "
+                                     "(is bruto-dispatcher running?)")
                 return
             done = self._wait(ticket, self._timeout_s)  # committed just now: it ends within moments
         if not done:

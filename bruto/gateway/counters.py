@@ -11,10 +11,8 @@ bruto.dispatcher.metrics for why that and not numpy indexing).
 
 from __future__ import annotations
 
-from bruto.gateway.validation import MAX_AMOUNT_CENTS
-from bruto.gateway.validation import MAX_BODY
+from bruto.gateway.validation import REFUSALS
 from bruto.gateway.validation import InvalidPayment
-from bruto.money import format_cents
 from bruto.shm.layout import OTHER_ROUTE
 from bruto.shm.layout import OTHER_STATUS
 from bruto.shm.layout import PAYMENT_ROUTE
@@ -26,20 +24,9 @@ from bruto.shm.region import Region
 
 STATUS_COLUMN = {status: column for column, status in enumerate(STATUSES)}
 REASON_INDEX = {reason: index for index, (reason, _) in enumerate(REJECTIONS)}
-# The reason of each message bruto.gateway.validation refuses a payment with
-# (its table, row by row).
-REASON_OF_MESSAGE = {
-    f"body is larger than {MAX_BODY} bytes": "body_too_large",
-    "body is not valid JSON": "invalid_json",
-    "body must be a JSON object": "not_an_object",
-    "correlationId is required": "correlation_id_missing",
-    "correlationId must be a UUID": "correlation_id_invalid",
-    "amount is required": "amount_missing",
-    "amount must be a number": "amount_not_a_number",
-    "amount must be positive": "amount_not_positive",
-    "amount must have at most 2 decimals": "amount_too_precise",
-    f"amount must be at most {format_cents(MAX_AMOUNT_CENTS)}": "amount_too_large",
-}
+# Validation's reasons are rows of the shared vocabulary, with the same status.
+if any(dict(REJECTIONS).get(reason) != status for reason, (status, _) in REFUSALS.items()):
+    raise ImportError("bruto.gateway.counters: validation's REFUSALS and bruto.shm.layout.REJECTIONS disagree")
 INTAKE_FULL = REASON_INDEX["intake_full"]
 OVERLOADED = REASON_INDEX["overloaded"]
 
@@ -69,12 +56,8 @@ class GatewayCounters:
         self._responses[route, STATUS_COLUMN.get(status, OTHER_STATUS)] += 1
 
     def rejection(self, error: InvalidPayment) -> None:
-        """A payment refused by validation."""
-        reason = REASON_OF_MESSAGE.get(error.message)
-        if reason is None:  # a message this table does not know yet: still counted, by its status
-            self._responses[ROUTE_OF_PATH["/payments"], STATUS_COLUMN.get(error.status, OTHER_STATUS)] += 1
-        else:
-            self._rejections[REASON_INDEX[reason]] += 1
+        """A payment refused by validation, counted by its reason."""
+        self._rejections[REASON_INDEX[error.reason]] += 1
 
     def intake_full(self) -> None:
         self._rejections[INTAKE_FULL] += 1

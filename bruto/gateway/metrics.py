@@ -16,7 +16,6 @@ payment, correlationId or URL.
 from __future__ import annotations
 
 import falcon
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import CollectorRegistry
 from prometheus_client import generate_latest
@@ -25,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.core import HistogramMetricFamily
 
 from bruto.gateway.counters import GatewayCounters
+from bruto.gateway.errors import set_error
 from bruto.shm.region import RegionError
 from bruto.shm.snapshot import BREAKER_STATES
 from bruto.shm.snapshot import SharedRegions
@@ -201,9 +201,7 @@ class Metrics:
             body = generate_latest(self._registry)
         except RegionError as error:
             self._counters.response(req.path, 503)
-            resp.status = 503
-            resp.content_type = "application/json"
-            resp.data = orjson.dumps({"error": str(error)})
+            set_error(resp, 503, str(error))
             return
         self._counters.response(req.path, 200)
         resp.content_type = CONTENT_TYPE_LATEST

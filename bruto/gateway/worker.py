@@ -52,6 +52,7 @@ import httptools
 from gunicorn.workers.ggevent import GeventWorker
 
 from bruto.gateway.counters import note_protocol_error
+from bruto.gateway.errors import error_body
 
 # Largest request body read into memory: the one bruto's validation takes, so
 # a larger body gets the same 413 whether the worker or the app refuses it,
@@ -81,7 +82,7 @@ _REJECTIONS = {
 
 def _rejection(status: int, message: str) -> bytes:
     note_protocol_error(status)
-    body = b'{"error":"%s"}' % message.encode()
+    body = error_body(message)
     return (
         b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
         b"Connection: close\r\n\r\n%s" % (_REJECTIONS[status], len(body), body)

@@ -42,9 +42,13 @@ def test_what_the_official_test_sends():
     assert format_iso_ms(1_594_384_496_123_456) == "2020-07-10T12:34:56.123Z"
 
 
-@given(st.text(max_size=80))
-def test_any_text_parses_or_raises_value_error(text):
+@given(st.text(max_size=80) | st.builds(lambda ms, tail: format_iso_ms(ms * 1000)[:-1] + tail,
+                                         _MILLISECONDS, st.sampled_from(["", "Z", "+01:00", "-03:30", "123", "x"])))
+def test_any_text_is_an_instant_named_again_by_its_canonical_form_or_a_value_error(text):
     try:
-        parse_iso(text)
+        instant = parse_iso(text)
     except ValueError:
-        pass
+        return
+    assert type(instant) is int
+    if 0 <= instant < 253_402_300_800_000_000:  # the years format_iso_ms writes with four digits
+        assert parse_iso(format_iso_ms(instant)) == instant - instant % 1000

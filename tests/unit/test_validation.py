@@ -14,6 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from bruto.gateway.validation import MAX_AMOUNT_CENTS
+from bruto.gateway.validation import REFUSALS
 from bruto.gateway.validation import InvalidPayment
 from bruto.gateway.validation import parse_payment
 from bruto.money import format_cents
@@ -46,6 +47,14 @@ def test_a_valid_payment_gives_id_bytes_and_cents():
     (b'{"correlationId":"%s","amount":1e308}' % ID.encode(), 422, "amount must be at most 1000000000.00"),
     (b'{"correlationId":"%s","amount":-1e308}' % ID.encode(), 422, "amount must be positive"),
     (b'{"correlationId":"%s","amount":%d}' % (ID.encode(), 10**40), 422, "amount must be at most 1000000000.00"),
+    # Beyond a double's range: JSON all the same (orjson refuses it; the error path reads it again).
+    (b'{"correlationId":"%s","amount":1e400}' % ID.encode(), 422, "amount must be at most 1000000000.00"),
+    (b'{"correlationId":"%s","amount":-1e400}' % ID.encode(), 422, "amount must be positive"),
+    (b'{"correlationId":"%s","amount":1%s}' % (ID.encode(), b"0" * 400), 422, "amount must be at most 1000000000.00"),
+    (b'{"correlationId":"%s","amount":Infinity}' % ID.encode(), 400, "body is not valid JSON"),
+    (b'{"correlationId":"%s","amount":1e400' % ID.encode(), 400, "body is not valid JSON"),
+    (b'{"x":' + b"[" * 3000, 400, "body is not valid JSON"),
+    (b'"\xff"', 400, "body is not valid JSON"),
 ])
 def test_bad_input_gets_its_status_and_message(body, status, error):
     with pytest.raises(InvalidPayment) as raised:
@@ -89,16 +98,32 @@ def test_any_json_body_gives_a_valid_payment_or_invalid_payment(value):
     try:
         correlation_id, cents = parse_payment(body)
     except InvalidPayment as refused:
-        assert refused.status in (400, 413, 422) and refused.message
+        assert refused.reason != "invalid_json"  # the stdlib wrote it: it is JSON
+        assert (refused.status, refused.message) == REFUSALS[refused.reason]
         return
     assert correlation_id == uuid.UUID(value["correlationId"]).bytes
     assert 0 < cents <= MAX_AMOUNT_CENTS
     assert Decimal(repr(value["amount"])) * 100 == cents  # exact, never rounded
 
 
-@given(st.binary(max_size=200))
-def test_any_bytes_give_a_valid_payment_or_invalid_payment(body):
+def _is_json(body: bytes) -> bool:
+    """RFC 8259's answer, from the standard library (its NaN and Infinity refused)."""
+    def refuse(constant):
+        raise ValueError(constant)
+    try:
+        json.loads(body.decode("utf-8"), parse_constant=refuse)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+@given(st.binary(max_size=200) | st.builds(lambda value, junk: json.dumps(value).encode() + junk,
+                                            _PAYMENTS | _JSON, st.binary(max_size=3)))
+def test_any_bytes_are_refused_as_not_json_exactly_when_they_are_not_json(body):
     try:
         parse_payment(body)
-    except InvalidPayment:
-        pass
+    except InvalidPayment as refused:
+        assert (refused.reason == "invalid_json") == (not _is_json(body))
+        assert (refused.status, refused.message) == REFUSALS[refused.reason]
+        return
+    assert _is_json(body)

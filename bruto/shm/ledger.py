@@ -63,11 +63,6 @@ class LedgerWriter:
         """Ring slots of the records still counted, oldest first, as at most two slices."""
         return _retained(self._region)
 
-    def retained_slots(self) -> np.ndarray:
-        """Ring slots of every record still counted, oldest first."""
-        parts = [np.arange(part.start, part.stop) for part in _retained(self._region)]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
 
 @dataclasses.dataclass(frozen=True)
 class Totals:

@@ -81,7 +81,7 @@ class World:
         columns = self.regions.ledger.columns
         return {columns["correlation_id"][slot].tobytes(): (int(columns["processor"][slot]),
                                                             int(columns["requested_at"][slot]))
-                for slot in ledger.retained_slots()}
+                for part in ledger.retained() for slot in range(part.start, part.stop)}
 
     def state(self, correlation_id) -> int:
         entries = self.regions.outbox.records

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 
-CLOSED = 0
-OPEN = 1
-HALF_OPEN = 2
-NAMES = {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half-open"}
+from bruto.shm.layout import BREAKER_CLOSED as CLOSED
+from bruto.shm.layout import BREAKER_HALF_OPEN as HALF_OPEN
+from bruto.shm.layout import BREAKER_OPEN as OPEN
 
 # Failures in a row that open a closed breaker. A single 500 is noise (a retry
 # costs nothing); five in a row at 500 payments/s is ten milliseconds of

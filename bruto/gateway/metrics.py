@@ -25,8 +25,8 @@ from prometheus_client.core import HistogramMetricFamily
 
 from bruto.gateway.counters import GatewayCounters
 from bruto.gateway.errors import set_error
+from bruto.shm.layout import BREAKER_STATES
 from bruto.shm.region import RegionError
-from bruto.shm.snapshot import BREAKER_STATES
 from bruto.shm.snapshot import SharedRegions
 
 

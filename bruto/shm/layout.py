@@ -215,6 +215,14 @@ REJECTED = Layout(
     ]),
 )
 
+# A processor's circuit breaker as the health row's ``breaker`` holds it
+# (bruto.dispatcher.breaker has the transitions), and the names readers give
+# each state, indexed by its code.
+BREAKER_CLOSED = 0
+BREAKER_OPEN = 1
+BREAKER_HALF_OPEN = 2
+BREAKER_STATES = ("closed", "open", "half_open")
+
 # Seconds of delay evidence kept one by one (bruto.dispatcher.delays).
 DELAY_SECONDS = 64
 
@@ -232,7 +240,7 @@ HEALTH = Layout(
         ("next_poll_at", "<i8"),        # earliest next call (window, Retry-After)
         ("latency_p90_ms", "<i8"),      # of recent successful payments
         ("consecutive_failures", "<i8"),
-        ("breaker", "<i8"),             # CLOSED / OPEN / HALF_OPEN, see bruto.dispatcher.breaker
+        ("breaker", "<i8"),             # BREAKER_CLOSED / _OPEN / _HALF_OPEN (below)
         ("down_since", "<i8"),          # when the breaker last left CLOSED (0: up)
         ("probe_at", "<i8"),            # when the last half-open probe started
         # The largest delay the processor showed (an answer's latency) or

@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 
-from bruto.dispatcher import breaker
 from bruto.shm import ledger
+from bruto.shm.layout import BREAKER_STATES
 from bruto.shm.layout import DISPATCH
 from bruto.shm.layout import HEALTH
 from bruto.shm.layout import HEALTH_POLL_RESULTS
@@ -57,7 +57,6 @@ from bruto.shm.region import Region
 from bruto.shm.region import RegionError
 
 STATUS_LABELS = tuple(str(status) for status in STATUSES) + ("other",)
-BREAKER_STATES = tuple(breaker.NAMES[state].replace("-", "_") for state in sorted(breaker.NAMES))
 PAYMENTS = ROUTES.index("payments")
 
 

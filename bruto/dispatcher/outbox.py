@@ -151,7 +151,7 @@ class Outbox:
         self._recent: tuple[collections.deque[tuple[int, int]], ...] = tuple(
             collections.deque(maxlen=RECENT_ANSWERS) for _ in PROCESSOR_NAMES)
         self._out: tuple[dict[tuple[int, int], int], ...] = ({}, {})
-        self._answered_at = [0, 0]  # the last answer from each
+        self._answered_sent_at = [0, 0]  # when the latest payment each has answered was sent
         self._slow_since = [0, 0]
         # When each breaker last closed after an outage: the delay announced
         # before it is stale until a health call asked since then says otherwise.
@@ -174,6 +174,7 @@ class Outbox:
                 self._finish_purge(slot)  # committed before the crash: carry it out to the end
         self.in_flight = [0, 0]
         self._out = ({}, {})
+        self._answered_sent_at = [0, 0]
         self._slow_since = [0, 0]
         self._closed_at = [0, 0]
         rows = self._health
@@ -245,10 +246,10 @@ class Outbox:
         """The answer to a :class:`Send` (or UNKNOWN if it ended any other way)."""
         processor = send.processor
         self.in_flight[processor] -= 1
-        self._out[processor].pop((send.entry, send.generation), None)
+        sent_at = self._out[processor].pop((send.entry, send.generation), 0)
         if outcome is not Outcome.UNKNOWN:
             self._recent[processor].append((now, elapsed_us // 1000))
-            self._answered_at[processor] = now
+            self._answered_sent_at[processor] = max(self._answered_sent_at[processor], sent_at)
         self.metrics.answered(processor, outcome, elapsed_us)
         self._record_delay(processor, now, elapsed_us // 1000)  # how long this processor takes now
         if send.generation != self._generation[send.entry]:
@@ -385,15 +386,16 @@ class Outbox:
         return recent[len(recent) // 2] if recent else 0
 
     def _waiting_ms(self, processor: int, now: int) -> int:
-        """How long the processor has kept us waiting: the age of its oldest payment out, but no
-        more than the time since its last answer (a straggler among answers is not a slow
-        processor; a processor whose delay jumped answers nothing)."""
+        """How long the processor has kept us waiting: the age of its oldest payment out that was
+        sent after the latest one it answered (a straggler, overtaken by later answers, is not a
+        slow processor; a processor whose delay jumped answers nothing sent since)."""
         waiting_since = self._waiting_since(processor)
         return (now - waiting_since) // 1000 if waiting_since else 0
 
     def _waiting_since(self, processor: int) -> int:
-        out = self._out[processor]
-        return max(next(iter(out.values())), self._answered_at[processor]) if out else 0
+        answered = self._answered_sent_at[processor]
+        # Payments out are in the order they were sent: only the stragglers are skipped.
+        return next((sent_at for sent_at in self._out[processor].values() if sent_at > answered), 0)
 
     def _latency_changes_at(self, processor: int, now: int) -> int | None:
         """When waiting makes the processor late, or slow, with no event meanwhile."""

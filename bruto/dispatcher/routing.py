@@ -188,7 +188,9 @@ def choose(breakers: tuple[Breaker, Breaker], latencies_ms: tuple[int, int], in_
     """
     for processor in (DEFAULT, FALLBACK):
         state = breakers[processor]
-        if breaker.may_probe(state, now):
+        # A probe waits for the payments still out to answer, unless there is news of a
+        # recovery (a probe at once: breaker.reprobe), which they went out before.
+        if breaker.may_probe(state, now) and (in_flight[processor] == 0 or state.probe_at == 0):
             return Choice(processor, probe=True)
         if may_send(state, latencies_ms[processor], in_flight[processor], policy, is_late[processor]):
             return Choice(processor)

@@ -42,9 +42,11 @@ def test_an_open_breaker_lets_exactly_one_probe_through_per_interval():
     default = failed(UP, breaker.THRESHOLD, 10 * S)
     later = 10 * S + breaker.PROBE_INTERVAL_US
     assert routing.choose((default, UP), FAST, (0, 0), later - 1, POLICY) is None  # not due yet
-    # Payments sent before it opened may still be out: they went before the failures, so the
-    # probe does not wait for them.
-    assert routing.choose((default, UP), FAST, (3, 0), later, POLICY) == Choice(DEFAULT, probe=True)
+    assert routing.choose((default, UP), FAST, (1, 0), later, POLICY) is None  # a payment still out
+    # News of a recovery (breaker.reprobe) probes at once, whatever went out before it.
+    assert routing.choose((breaker.reprobe(default, later), UP), FAST, (3, 0), later,
+                          POLICY) == Choice(DEFAULT, probe=True)
+    assert routing.choose((default, UP), FAST, (0, 0), later, POLICY) == Choice(DEFAULT, probe=True)
     default = breaker.probing(default, later)
     assert default.state == breaker.HALF_OPEN
     assert routing.choose((default, UP), FAST, (1, 0), later, POLICY) is None  # nothing beside it

@@ -369,9 +369,9 @@ class Outbox:
         """What an answer from ``processor`` takes now, as far as is known.
 
         The largest of: the delay it announces (unless that is older than its
-        recovery), the median of its recent answers, and the age of its oldest
-        payment out (a processor that became slow says so by not answering,
-        long before its answers come).
+        recovery), the median of its recent answers, and how long it has kept a
+        payment waiting (a processor that became slow says so by not
+        answering, long before its answers come).
         """
         announced = 0 if self._closed_at[processor] else self._announced_ms[processor]
         return max(announced, self._answering_ms(processor, now), self._waiting_ms(processor, now))

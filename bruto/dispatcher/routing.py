@@ -36,8 +36,8 @@ longer than the settlement bound.
 
 Default is down when its breaker is open (it fails), and also when it is
 slow: its expected latency (the largest of the delay it announces, the
-median of its answers in the last seconds and the age of its oldest
-payment in flight) is above ``latency_limit_ms``. A slow processor caps
+median of its answers in the last seconds and how long it has kept a
+payment waiting) is above ``latency_limit_ms``. A slow processor caps
 throughput at (payments in flight) / latency, and a payment it stores at the
 end of a long delay is inside the consistency probe's window before bruto
 has its answer (docs/DISPATCHER.md): the limit stays below the shortest
@@ -49,8 +49,8 @@ A processor keeps the delay in force when a request arrived, and its health
 report comes every 5 s at best: when its delay jumps (from 100 ms to 2 s,
 say), bruto learns it only from answers that do not come. Every payment sent
 meanwhile is stored at the end of the new delay, inside the consistency
-probe's window before bruto has its answer. So a processor whose oldest
-payment out has waited half again as long as its recent answers took (plus
+probe's window before bruto has its answer. So a processor that keeps a
+payment waiting half again as long as its recent answers took (plus
 :data:`LATE_MARGIN_MS`) is *late*: it takes nothing new, as when it is busy,
 until its answers or its health report say what its delay now is, or it has
 been slow for long enough that fallback takes over (the patience). What may
@@ -98,8 +98,8 @@ TIMEOUT_FLOOR_S = 7.0
 # docstring): below the consistency probe's shortest offset, with room for
 # the answer's way back and the dispatcher's own delays.
 LATENCY_LIMIT_MS = 1_200
-# A processor is late when its oldest payment out has waited more than half
-# again what its answers take, plus this margin (for the answers' own jitter):
+# A processor is late when it keeps a payment waiting more than half again
+# what its answers take, plus this margin (for the answers' own jitter):
 # it no longer answers as it did, so its delay has changed, and bruto sends it
 # nothing new until it knows what the delay is (module docstring).
 LATE_MARGIN_MS = 50
@@ -146,9 +146,9 @@ def in_flight_limit(expected_latency_ms: int, policy: Policy) -> int:
     return max(MIN_IN_FLIGHT, min(policy.max_in_flight, wanted))
 
 
-def late(answering_ms: int, oldest_out_ms: int) -> bool:
-    """Whether the oldest payment out has waited longer than the processor's answers suggest."""
-    return oldest_out_ms > answering_ms * 3 // 2 + LATE_MARGIN_MS
+def late(answering_ms: int, waiting_ms: int) -> bool:
+    """Whether the processor keeps a payment waiting longer than its answers suggest."""
+    return waiting_ms > answering_ms * 3 // 2 + LATE_MARGIN_MS
 
 
 def may_send(state: Breaker, expected_latency_ms: int, in_flight: int, policy: Policy,

@@ -22,7 +22,7 @@ it (start, takeover, purge) the lookup scans the outbox and the ledger
 instead. Every scan goes a chunk at a time and calls ``pause`` between
 chunks (``time.sleep``, which yields to the other greenlets in a gevent
 worker), so no lookup holds a worker's other connections for more than one
-chunk (its cost at a full ledger: tools/bench_lookup.py, not measured yet).
+chunk (its cost at a full ledger: tools/bench_lookup.py, figures in docs/BENCHMARKS.md).
 
 An id bruto does not hold is :class:`NotHeld`, with the reason when the
 regions keep evidence of it: ``purged`` (the ledger, the outbox, the
@@ -56,8 +56,8 @@ from bruto.shm.region import Region
 from bruto.timefmt import format_iso_ms
 
 # Records compared per numpy call in a scan, between two pauses: one chunk
-# is the longest a lookup holds the worker's other connections (to be
-# measured with tools/bench_lookup.py).
+# is the longest a lookup holds the worker's other connections (measured
+# with tools/bench_lookup.py).
 SCAN_CHUNK = 1 << 16
 # Probes of the index that a concurrent change spoils before the lookup
 # scans instead (a change takes microseconds; three in a row are rare).

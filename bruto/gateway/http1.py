@@ -73,6 +73,11 @@ _REASONS = {
 MALFORMED = "malformed HTTP request"
 
 
+# Keys every request's environ gets (placeholders in the template).
+_SET_PER_REQUEST: Environ = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "PATH_INFO": "/",
+                             "QUERY_STRING": "", "wsgi.input": None}
+
+
 class Limits(NamedTuple):
     """What one request may hold before it is refused (gunicorn's defaults for the head)."""
 
@@ -107,7 +112,7 @@ def http_date() -> str:
 
 
 class HttpDate:
-    """The Date header's value, formatted at most once a second: a ``date`` for :class:`Connection`."""
+    """The Date header's value, formatted at most once a second: :meth:`now` is a ``date`` for :class:`Connection`."""
 
     __slots__ = ("second", "text")
 
@@ -115,7 +120,7 @@ class HttpDate:
         self.second = -1
         self.text = ""
 
-    def __call__(self) -> str:
+    def now(self) -> str:
         now = int(time.time())
         if now != self.second:
             self.second = now
@@ -127,14 +132,13 @@ _HEADER_KEYS: dict[bytes, str | None] = {
     b"content-type": "CONTENT_TYPE",
     b"content-length": "CONTENT_LENGTH",
 }
+_NOT_CACHED = "not cached"
 
 
 def _environ_key(name: bytes) -> str | None:
-    """The WSGI environ key of a header name; None to drop it. Cached per name."""
-    key = _HEADER_KEYS.get(name)
-    if key is not None or name in _HEADER_KEYS:
-        return key
+    """The WSGI environ key of a header name not in _HEADER_KEYS yet; None to drop it. Cached."""
     lowered = name.lower()
+    key: str | None
     if lowered in _HEADER_KEYS:
         key = _HEADER_KEYS[lowered]
     elif b"_" in lowered:
@@ -172,12 +176,20 @@ class Connection:
     __slots__ = (
         "environ", "limits", "date", "parser", "rejection", "must_close", "expects_continue", "in_message",
         "_ready", "_url", "_request", "_fields", "_body", "_body_size", "_in_head", "_unfinished_line",
+        "_max_target", "_max_fields", "_max_field", "_max_body",
     )
 
     def __init__(self, environ: Environ, limits: Limits = Limits(), date: Callable[[], str] = http_date):
-        self.environ = environ
+        # NOTE: the keys every request sets are in the template already, so a
+        # request's copy has room for its headers without growing its table.
+        self.environ = {**environ, **_SET_PER_REQUEST}
         self.limits = limits
         self.date = date
+        # The limits as plain attributes: read per request and per header.
+        self._max_target = limits.request_line - _LINE_BEYOND_TARGET
+        self._max_fields = limits.fields
+        self._max_field = limits.field_size
+        self._max_body = limits.body
         self.parser = httptools.HttpRequestParser(self)
         self.rejection: Rejection | None = None
         self.must_close = False
@@ -227,7 +239,7 @@ class Connection:
         # The request line's target is measured by on_url (414); this is a header
         # line. on_header measures a field exactly (name and value) once it ends;
         # twice that limit leaves room for any whitespace around a value that fits.
-        if self._unfinished_line > 2 * self.limits.field_size and self.rejection is None:
+        if self._unfinished_line > 2 * self._max_field and self.rejection is None:
             self.rejection = Rejection(431, "a header field is too large")
             self.must_close = True
 
@@ -249,7 +261,7 @@ class Connection:
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.limits.request_line - _LINE_BEYOND_TARGET:
+        if len(self._url) > self._max_target:
             # Measured exactly only near the limit: the method is llhttp's to fetch.
             line = len(self.parser.get_method()) + 1 + len(self._url) + 9
             if line > self.limits.request_line:
@@ -257,18 +269,19 @@ class Connection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
-        limits = self.limits
-        if self._fields > limits.fields:
+        if self._fields > self._max_fields:
             self._refuse(431, "too many header fields")
-        if len(name) + len(value) + 2 > limits.field_size:
+        if len(name) + len(value) + 2 > self._max_field:
             self._refuse(431, "a header field is too large")
-        key = _environ_key(name)
+        key = _HEADER_KEYS.get(name, _NOT_CACHED)  # the function call only for a name not seen yet
+        if key is _NOT_CACHED:
+            key = _environ_key(name)
         if key is None:
             return
         if key == "CONTENT_LENGTH":
             # llhttp checks it is one decimal number, and the only one.
-            if int(value) > limits.body:
-                self._refuse(413, f"body is larger than {limits.body} bytes")
+            if int(value) > self._max_body:
+                self._refuse(413, f"body is larger than {self._max_body} bytes")
         elif key == "HTTP_EXPECT" and value.lower() == b"100-continue":
             self.expects_continue = True
         text = value.decode("latin-1")
@@ -291,8 +304,8 @@ class Connection:
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > self.limits.body:  # chunked bodies have no length up front
-            self._refuse(413, f"body is larger than {self.limits.body} bytes")
+        if self._body_size > self._max_body:  # chunked bodies have no length up front
+            self._refuse(413, f"body is larger than {self._max_body} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:

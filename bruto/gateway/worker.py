@@ -282,7 +282,7 @@ class Server:
             environ["SERVER_NAME"], environ["SERVER_PORT"] = "localhost", ""
         if isinstance(addr, tuple) and len(addr) >= 2:
             environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = str(addr[0]), str(addr[1])
-        record = _Client(Connection(environ, self.limits, self._date))
+        record = _Client(Connection(environ, self.limits, self._date.now))
         self._clients[client] = record
         client.settimeout(None)  # cooperative waits without a gevent.Timeout each (the watcher times out)
         return record

@@ -193,7 +193,7 @@ class Purge:
 def create_app(settings: Settings | None = None) -> falcon.App:
     """Build the app for one worker: claims an intake slot and maps the ledger."""
     settings = settings or Settings.from_env()
-    intake = IntakeWriter(settings)
+    intake = IntakeWriter.claim(settings)
     counters = GatewayCounters(intake.slab)
     counters.claim_process()
     app = falcon.App(media_type=JSON)

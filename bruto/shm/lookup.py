@@ -42,8 +42,6 @@ import uuid
 import numpy as np
 import orjson
 
-from bruto.dispatcher.dedup import hash_shift
-from bruto.dispatcher.dedup import home_slot
 from bruto.money import format_cents
 from bruto.shm import rejected
 from bruto.shm.layout import EMPTY_REF
@@ -52,6 +50,8 @@ from bruto.shm.layout import PROCESSOR_NAMES
 from bruto.shm.layout import QUEUED
 from bruto.shm.layout import SENT
 from bruto.shm.layout import UNRESOLVED
+from bruto.shm.layout import index_hash_shift
+from bruto.shm.layout import index_home_slot
 from bruto.shm.region import Region
 from bruto.timefmt import format_iso_ms
 
@@ -137,7 +137,7 @@ class PaymentFinder:
         self._index = index.counters
         self._table = index.records["ref"]
         self._mask = index.capacity - 1
-        self._shift = hash_shift(index.capacity)
+        self._shift = index_hash_shift(index.capacity)
 
     def find(self, correlation_id: bytes) -> Payment | NotHeld:
         """The payment of ``correlation_id`` (16 bytes) as the regions hold it now."""
@@ -188,7 +188,7 @@ class PaymentFinder:
             if changes == 0 or changes % 2:
                 return _UNAVAILABLE  # never built, or being rebuilt: scan instead
             ledger_capacity = int(counters["ledger_capacity"])
-            i = home_slot(correlation_id, int(counters["hash_k1"]), int(counters["hash_k2"]), self._shift)
+            i = index_home_slot(correlation_id, int(counters["hash_k1"]), int(counters["hash_k2"]), self._shift)
             found = None
             for _ in range(mask + 1):
                 ref = int(table[i])

@@ -22,13 +22,13 @@ A histogram is ``{"count", "sum_us", "buckets"}``: one count per bucket of
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 
 import numpy as np
 
 from bruto.shm import ledger
+from bruto.shm import locks
 from bruto.shm.layout import BREAKER_STATES
 from bruto.shm.layout import DISPATCH
 from bruto.shm.layout import HEALTH
@@ -58,27 +58,6 @@ from bruto.shm.region import RegionError
 
 STATUS_LABELS = tuple(str(status) for status in STATUSES) + ("other",)
 PAYMENTS = ROUTES.index("payments")
-
-
-def lock_held(path: str) -> bool:
-    """Whether a live process holds the flock on ``path`` (slot owners, the dispatcher).
-
-    The lock says more than a PID: it works across containers (PIDs there
-    belong to other namespaces) and cannot be fooled by a reused PID. The probe
-    takes a shared lock for an instant; a worker claiming that very slot at
-    that instant moves on to the next free one.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the probe's lock, if it got one
-    return False
 
 
 class SharedRegions:
@@ -132,7 +111,7 @@ class SharedRegions:
             "intake": intake,
             "gateway": _gateway_totals(intake),
             "dispatcher": {
-                "alive": lock_held(os.path.join(self.shm_dir, "dispatcher.lock")),
+                "alive": locks.held_elsewhere(locks.lock_path(self.shm_dir, locks.DISPATCHER_LOCK)),
                 "pid": int(self.dispatch.counters["dispatcher_pid"]),
                 "started_at": int(self.dispatch.counters["started_at"]),
                 "duplicates_dropped": int(metrics["duplicates_dropped"]),
@@ -184,7 +163,7 @@ class SharedRegions:
             "backlog": written - drained,
             "purge_requests": int(counters["purge_ticket"]),
             "owner_pid": int(counters["owner_pid"]),
-            "owner_alive": lock_held(slab.path),
+            "owner_alive": locks.held_elsewhere(slab.path),
             "requests": requests,
             "rejections": {reason: int(n) for (reason, _), n in zip(REJECTIONS, rejections)},
             "protocol_errors": {str(status): int(n) for status, n in zip(PROTOCOL_ERRORS, counters["protocol_errors"])},

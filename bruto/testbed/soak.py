@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _soak(args, settings: Settings, dispatcher: subprocess.Popen, groups: dict, processors) -> int:
-    writer = IntakeWriter(settings)
+    writer = IntakeWriter.claim(settings)
     stats = open_dispatch(settings).counters
     ledger = open_ledger(settings)
     started = time.monotonic()

@@ -66,10 +66,11 @@ class Channel:
         its gunicorn keeps the socket.
         """
         for _ in range(2):
-            if self.sock is None and not self._open():
+            sock = self.sock or self._open()
+            if sock is None:
                 return False
             try:
-                handoff.send(self.sock, fd)
+                handoff.send(sock, fd)
                 return True
             except BlockingIOError:
                 return False
@@ -78,7 +79,7 @@ class Channel:
                 self.close()
         return False
 
-    def _open(self) -> bool:
+    def _open(self) -> socket.socket | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
@@ -86,10 +87,10 @@ class Channel:
         except OSError as error:
             log.warning("cannot reach %s: %s", self.path, error)
             sock.close()
-            return False
+            return None
         sock.setblocking(False)  # a full channel raises instead of waiting
         self.sock = sock
-        return True
+        return sock
 
     def close(self) -> None:
         if self.sock is not None:

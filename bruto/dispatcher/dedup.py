@@ -77,7 +77,7 @@ class DedupIndex:
         self._mask = slots - 1
         self._shift = index_hash_shift(slots)
         counters = table.counters_array
-        self._changes = memoryview(counters["changes"])
+        self._changes = counters["changes"].data
         self._begin_change()  # readers keep off until the first rebuild is complete
         self._table = table.records["ref"]
         self._table.fill(EMPTY)

@@ -45,7 +45,7 @@ def _serialize_http_error(counters: GatewayCounters, req: falcon.Request, resp: 
     if error.status_code == 404:
         message = f"no such endpoint: {req.path}"
     elif error.status_code == 405:
-        allowed = (error.headers or {}).get("Allow", "")
+        allowed = dict(error.headers or {}).get("Allow", "")
         message = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
     else:
         message = error.description or error.title

@@ -377,7 +377,7 @@ class HttptoolsGeventWorker(GeventWorker):
 
     # gunicorn sets ``alive`` (False on a stop signal) and reads it in its
     # loop; the server sets it on max_requests: one flag, the server's once it exists.
-    @property  # type: ignore[override]
+    @property
     def alive(self) -> bool:
         return self.server.alive if self.server is not None else self._alive
 

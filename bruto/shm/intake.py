@@ -28,22 +28,22 @@ from bruto.shm.layout import open_intake
 from bruto.shm.layout import open_ledger
 from bruto.shm.layout import open_outbox
 from bruto.shm.region import Region
+from bruto.shm.region import fields_of
 
 # One intake record as bytes, field for field as INTAKE.record lays it out
 # (checked below): the hot path writes it with one pack_into.
 _RECORD = struct.Struct("<16sqq")
-if [INTAKE.record.fields[name][1] for name in INTAKE.record.names] != [0, 16, 24] or \
+if [offset for _, offset, *_ in fields_of(INTAKE.record).values()] != [0, 16, 24] or \
         INTAKE.record.itemsize != _RECORD.size:
     raise ImportError("bruto.shm.intake: _RECORD no longer matches INTAKE.record")
 
 
-def _words(row: np.void) -> memoryview:
-    """The int64 words of one row of a mapped structured array, as a memoryview.
+def _words(rows: np.ndarray) -> memoryview:
+    """The int64 words of a mapped structured array (a region's ``counters_array``), as a memoryview.
 
-    ``row`` is a view (a field read or write goes to the mapping); its words
-    read and write the same memory without numpy's per-access machinery.
+    Its words read and write the same memory without numpy's per-access machinery.
     """
-    return memoryview(row.base.view(np.uint8)).cast("q")
+    return rows.view(np.uint8).data.cast("q")
 
 
 class NoFreeSlot(RuntimeError):
@@ -60,7 +60,7 @@ class Overloaded(IntakeFull):
 
 def _word(dtype: np.dtype, name: str, row: int = 0) -> int:
     """The int64 word where field ``name`` of record ``row`` starts, in an array of ``dtype``."""
-    return (row * dtype.itemsize + dtype.fields[name][1]) // 8
+    return (row * dtype.itemsize + int(fields_of(dtype)[name][1])) // 8
 
 
 class IntakeWriter:
@@ -96,15 +96,15 @@ class IntakeWriter:
         # NOTE: the hot path (append) reads and writes through plain views of
         # the same memory: a numpy field access costs several µs when the
         # caches are cold, as they are for most requests (docs/BENCHMARKS.md).
-        self._record_bytes = memoryview(self._records.view(np.uint8))
-        self._counter_words = _words(self._counters)
+        self._record_bytes = self._records.view(np.uint8).data
+        self._counter_words = _words(self.slab.counters_array)
         self._written_word = _word(INTAKE.counters, "written")
-        self._cursor_words = memoryview(dispatch.records.view(np.uint8)).cast("q")
+        self._cursor_words = dispatch.records.view(np.uint8).data.cast("q")
         self._drained_word = _word(DISPATCH.record, "drained", row=slot)
         # Load shedding (bruto.config's shed_backlog): one more word read and
         # an addition on the hot path, and no extra comparison: the outbox's
         # count is never negative, so a full slab also crosses this limit.
-        self._outbox_words = _words(outbox.counters)
+        self._outbox_words = _words(outbox.counters_array)
         self._in_use_word = _word(OUTBOX.counters, "in_use")
         self._limit = min(shed_backlog, self._capacity)
 

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -53,8 +56,13 @@ from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import region_path
 from bruto.shm.layout import slab_path
 from bruto.shm.lookup import PaymentFinder
+from bruto.shm.region import Layout
 from bruto.shm.region import Region
 from bruto.shm.region import RegionError
+from bruto.shm.region import fields_of
+
+# A snapshot, or a part of one: plain JSON-able values (see the module).
+Snapshot = dict[str, Any]
 
 STATUS_LABELS = tuple(str(status) for status in STATUSES) + ("other",)
 PAYMENTS = ROUTES.index("payments")
@@ -87,14 +95,14 @@ class SharedRegions:
         self.slabs = [Region.attach(slab_path(shm_dir, slot), INTAKE, writable=False)
                       for slot in range(self.dispatch.capacity)]
 
-    def finder(self, pause=None):
+    def finder(self, pause: Callable[[float], object] | None = None) -> PaymentFinder:
         """A bruto.shm.lookup.PaymentFinder over these regions (``pause`` between chunks of a scan)."""
         return PaymentFinder(self.slabs, self.dispatch, self.outbox, self.ledger, self.index, self.rejected, pause)
 
-    def _attach(self, layout) -> Region:
+    def _attach(self, layout: Layout) -> Region:
         return Region.attach(region_path(self.shm_dir, layout), layout, writable=False)
 
-    def read(self) -> dict:
+    def read(self) -> Snapshot:
         """A snapshot (see the module) of every region."""
         intake = [self._slab(slot, slab) for slot, slab in enumerate(self.slabs)]
         metrics = self.metrics.counters
@@ -138,7 +146,7 @@ class SharedRegions:
             },
         }
 
-    def _slab(self, slot: int, slab: Region) -> dict:
+    def _slab(self, slot: int, slab: Region) -> Snapshot:
         # The drain cursor first: it never passes `written`, so a backlog read
         # in this order is never negative.
         drained = int(self.dispatch.records[slot]["drained"])
@@ -169,7 +177,7 @@ class SharedRegions:
             "protocol_errors": {str(status): int(n) for status, n in zip(PROTOCOL_ERRORS, counters["protocol_errors"])},
         }
 
-    def _processor(self, index: int, found: ledger.Totals) -> dict:
+    def _processor(self, index: int, found: ledger.Totals) -> Snapshot:
         row = self.metrics.records[index]
         health = self.health.records[index]
         return {
@@ -182,19 +190,19 @@ class SharedRegions:
             "lookups": dict(zip(LOOKUP_RESULTS, map(int, row["lookups"]))),
             "health_polls": dict(zip(HEALTH_POLL_RESULTS, map(int, row["health_polls"]))),
             "send_latency": _histogram(row["send_buckets"], row["send_sum_us"]),
-            "health": {field: int(health[field]) for field in HEALTH.record.names
-                       if not HEALTH.record.fields[field][0].shape},
+            "health": {field: int(health[field]) for field, (kind, *_) in fields_of(HEALTH.record).items()
+                       if not kind.shape},
             "breaker_state": BREAKER_STATES[int(health["breaker"])],
             "breaker_transitions": dict(zip(BREAKER_STATES, map(int, health["transitions"]))),
         }
 
 
-def _histogram(buckets, sum_us) -> dict:
+def _histogram(buckets: Iterable[int], sum_us: int) -> Snapshot:
     counts = [int(n) for n in buckets]
     return {"count": sum(counts), "sum_us": int(sum_us), "buckets": counts}
 
 
-def _gateway_totals(intake: list[dict]) -> dict:
+def _gateway_totals(intake: list[Snapshot]) -> Snapshot:
     """The slots' counts added up: what all web workers of all instances answered."""
     requests: dict[str, dict[str, int]] = {}
     rejections = dict.fromkeys((reason for reason, _ in REJECTIONS), 0)
@@ -218,6 +226,6 @@ def _gateway_totals(intake: list[dict]) -> dict:
     }
 
 
-def read(shm_dir: str) -> dict:
+def read(shm_dir: str) -> Snapshot:
     """A snapshot of the shared directory ``shm_dir`` (attaches, reads, lets go)."""
     return SharedRegions(shm_dir).read()

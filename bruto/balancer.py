@@ -3,15 +3,14 @@
     clients ──TCP :9999──► balancer ──descriptor over a unix socket──► api1 worker ┐ each serves
                                    └─────────────────────────────────► api2 worker ┘ its clients
 
-Why: behind nginx (conf/nginx.conf), every request crosses three processes
-(nginx, a worker, nginx again) and one of them, nginx, serialises every
-request of a burst (docs/BENCHMARKS.md, issue 6). This balancer accepts a
-client's connection and passes its file descriptor (``SCM_RIGHTS``) to one
+Why: behind nginx (bruto/testbed/stack/nginx.conf), every request crosses
+three processes (nginx, a worker, nginx again) and one of them, nginx,
+serialises every request of a burst (docs/BENCHMARKS.md). This balancer
+accepts a client's connection and passes its file descriptor to one
 instance, round robin, over the unix socket that instance's gunicorn already
-listens on: ``bruto.gateway.worker`` recognises a connection whose first message
-carries descriptors as a handoff channel. From then on the client and the
-worker talk directly: the balancer is on no request's path, and a request
-wakes one process instead of three.
+listens on (bruto.handoff: a handoff channel). From then on the client and
+the worker talk directly: the balancer is on no request's path, and a
+request wakes one process instead of three.
 
 Load is spread by connection, not by request. A client that keeps its
 connection (k6 does, one per virtual user) stays with one instance; with
@@ -34,6 +33,7 @@ import socket
 import sys
 import time
 
+from bruto import handoff
 from bruto.config import settings_or_exit
 
 log = logging.getLogger("bruto.balancer")
@@ -66,10 +66,11 @@ class Channel:
         its gunicorn keeps the socket.
         """
         for _ in range(2):
-            if self.sock is None and not self._open():
+            sock = self.sock or self._open()
+            if sock is None:
                 return False
             try:
-                socket.send_fds(self.sock, [b"\0"], [fd])
+                handoff.send(sock, fd)
                 return True
             except BlockingIOError:
                 return False
@@ -78,7 +79,7 @@ class Channel:
                 self.close()
         return False
 
-    def _open(self) -> bool:
+    def _open(self) -> socket.socket | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
@@ -86,10 +87,10 @@ class Channel:
         except OSError as error:
             log.warning("cannot reach %s: %s", self.path, error)
             sock.close()
-            return False
+            return None
         sock.setblocking(False)  # a full channel raises instead of waiting
         self.sock = sock
-        return True
+        return sock
 
     def close(self) -> None:
         if self.sock is not None:

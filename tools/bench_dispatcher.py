@@ -77,7 +77,7 @@ def dispatcher_cost(url: str, payments: int) -> tuple[float, float]:
 
 def _drain(settings: Settings, payments: int) -> tuple[float, float]:
     create_all(settings)
-    writer = IntakeWriter(settings)
+    writer = IntakeWriter.claim(settings)
     dispatcher = Dispatcher(settings)
     dispatcher.recover()
     for _ in range(payments):

@@ -37,29 +37,19 @@ import numpy as np
 from bruto.shm.layout import EMPTY_REF
 from bruto.shm.layout import INDEX
 from bruto.shm.layout import INDEX_MAX_LOAD
+from bruto.shm.layout import index_hash_shift
+from bruto.shm.layout import index_home_slot
 from bruto.shm.layout import index_slots
 from bruto.shm.region import Region
 
 EMPTY = EMPTY_REF
 MAX_LOAD = INDEX_MAX_LOAD
 REBUILD_CHUNK = 1 << 14
-_MASK64 = (1 << 64) - 1
 
 
 def table_slots(ids: int) -> int:
     """Slots of a table for at most ``ids`` ids: a power of two, load at most MAX_LOAD."""
     return index_slots(ids, 0)
-
-
-def home_slot(key: bytes, k1: int, k2: int, shift: int) -> int:
-    """The table slot where the probe for ``key`` starts (the dispatcher's and the readers')."""
-    low = int.from_bytes(key[:8], "little")
-    high = int.from_bytes(key[8:], "little")
-    return ((low * k1 ^ high * k2) & _MASK64) >> shift
-
-
-def hash_shift(slots: int) -> int:
-    return 64 - slots.bit_length() + 1
 
 
 class DedupIndex:
@@ -85,9 +75,9 @@ class DedupIndex:
         if table.capacity != slots:
             raise ValueError(f"{table.path}: {table.capacity} slots, expected {slots}")
         self._mask = slots - 1
-        self._shift = hash_shift(slots)
+        self._shift = index_hash_shift(slots)
         counters = table.counters_array
-        self._changes = memoryview(counters["changes"])
+        self._changes = counters["changes"].data
         self._begin_change()  # readers keep off until the first rebuild is complete
         self._table = table.records["ref"]
         self._table.fill(EMPTY)
@@ -227,7 +217,7 @@ class DedupIndex:
         return np.frombuffer(self._outbox_ids[entries].tobytes(), dtype="<u8").reshape(-1, 2)
 
     def _home(self, key: bytes) -> int:
-        return home_slot(key, self._k1, self._k2, self._shift)
+        return index_home_slot(key, self._k1, self._k2, self._shift)
 
     def _home_many(self, keys: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):

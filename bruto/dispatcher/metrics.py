@@ -50,19 +50,19 @@ class DispatcherMetrics:
 
     def __init__(self, region: Region):
         counters, rows = region.counters_array, region.records
-        self._duplicates = memoryview(counters["duplicates_dropped"])
-        self._purges = memoryview(counters["purges"])
-        self._wait_sum = memoryview(counters["outbox_wait_sum_us"])
-        self._wait_buckets = memoryview(counters["outbox_wait_buckets"][0])
-        self._attempts = memoryview(rows["attempts"])
-        self._retries = memoryview(rows["retries"])
-        self._outcomes = memoryview(rows["outcomes"])
-        self._lookups = memoryview(rows["lookups"])
-        self._confirmed = memoryview(rows["confirmed"])
-        self._confirmed_cents = memoryview(rows["confirmed_cents"])
-        self._polls = memoryview(rows["health_polls"])
-        self._send_sum = memoryview(rows["send_sum_us"])
-        self._send_buckets = memoryview(rows["send_buckets"])
+        self._duplicates = counters["duplicates_dropped"].data
+        self._purges = counters["purges"].data
+        self._wait_sum = counters["outbox_wait_sum_us"].data
+        self._wait_buckets = counters["outbox_wait_buckets"][0].data
+        self._attempts = rows["attempts"].data
+        self._retries = rows["retries"].data
+        self._outcomes = rows["outcomes"].data
+        self._lookups = rows["lookups"].data
+        self._confirmed = rows["confirmed"].data
+        self._confirmed_cents = rows["confirmed_cents"].data
+        self._polls = rows["health_polls"].data
+        self._send_sum = rows["send_sum_us"].data
+        self._send_buckets = rows["send_buckets"].data
 
     def attempt(self, processor: int, attempts_before: int) -> None:
         """A POST is going out; ``attempts_before``: earlier attempts of the same payment."""

@@ -58,8 +58,11 @@ class ProcessorClient:
         # (docs/BENCHMARKS.md); the dispatcher's CPU bounds how fast a backlog
         # drains. Rare calls (health, lookups) keep the session API.
         url = urllib3.util.parse_url(self.base_url)
+        if url.host is None:
+            raise ValueError(f"{self.base_url!r} names no host")
         port = url.port or 80
-        pool_size = session.get_adapter(self.base_url).poolmanager.connection_pool_kw.get("maxsize", 10)
+        adapter = session.get_adapter(self.base_url)
+        pool_size = adapter.poolmanager.connection_pool_kw.get("maxsize", 10) if isinstance(adapter, HTTPAdapter) else 10
         self._pool = ConnectionPool(url.host, port, url.host, port, size=pool_size, connection_timeout=1.0)
         self._payment_head = (
             "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: "

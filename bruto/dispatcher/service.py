@@ -14,7 +14,6 @@ survived by starting again: :meth:`Outbox.recover` rebuilds the rest.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -32,7 +31,7 @@ from bruto.dispatcher.outbox import Send
 from bruto.dispatcher.outcomes import Outcome
 from bruto.dispatcher.processor import ProcessorClient
 from bruto.dispatcher.processor import make_session
-from bruto.shm.intake import purge_lock
+from bruto.shm import locks
 from bruto.shm.intake import purge_lock_path
 from bruto.shm.layout import DispatcherRegions
 from bruto.shm.layout import create_all
@@ -92,7 +91,7 @@ class Dispatcher:
         """One pass: purges, new payments, whatever is due."""
         now = now_us()
         for slot in self.outbox.pending_purges(now):
-            with purge_lock(self._purge_lock_path, wait=False) as held:
+            with locks.held(self._purge_lock_path, wait=False) as held:
                 if held:
                     self.outbox.purge(slot, now_us())
         self.outbox.drain(now)
@@ -144,19 +143,9 @@ class Dispatcher:
 
 def _hold_lock(settings: Settings) -> int:
     """Become the one dispatcher of this shared directory, waiting for the current one to die."""
-    path = os.path.join(settings.shm_dir, "dispatcher.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log.info("another dispatcher holds %s; standing by", path)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                gevent.sleep(0.2)
-    return fd
+    path = locks.lock_path(settings.shm_dir, locks.DISPATCHER_LOCK)
+    return locks.wait_for(path, poll_s=0.2, sleep=gevent.sleep,
+                          on_wait=lambda: log.info("another dispatcher holds %s; standing by", path))
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def _serialize_http_error(counters: GatewayCounters, req: falcon.Request, resp: 
     if error.status_code == 404:
         message = f"no such endpoint: {req.path}"
     elif error.status_code == 405:
-        allowed = (error.headers or {}).get("Allow", "")
+        allowed = dict(error.headers or {}).get("Allow", "")
         message = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
     else:
         message = error.description or error.title
@@ -193,7 +193,7 @@ class Purge:
 def create_app(settings: Settings | None = None) -> falcon.App:
     """Build the app for one worker: claims an intake slot and maps the ledger."""
     settings = settings or Settings.from_env()
-    intake = IntakeWriter(settings)
+    intake = IntakeWriter.claim(settings)
     counters = GatewayCounters(intake.slab)
     counters.claim_process()
     app = falcon.App(media_type=JSON)

@@ -11,14 +11,13 @@ simply overwritten; every record it published stays for the dispatcher.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import struct
-import time
 
 import numpy as np
 
 from bruto.config import Settings
+from bruto.shm import locks
 from bruto.shm.layout import DISPATCH
 from bruto.shm.layout import INTAKE
 from bruto.shm.layout import OUTBOX
@@ -29,22 +28,22 @@ from bruto.shm.layout import open_intake
 from bruto.shm.layout import open_ledger
 from bruto.shm.layout import open_outbox
 from bruto.shm.region import Region
+from bruto.shm.region import fields_of
 
 # One intake record as bytes, field for field as INTAKE.record lays it out
 # (checked below): the hot path writes it with one pack_into.
 _RECORD = struct.Struct("<16sqq")
-if [INTAKE.record.fields[name][1] for name in INTAKE.record.names] != [0, 16, 24] or \
+if [offset for _, offset, *_ in fields_of(INTAKE.record).values()] != [0, 16, 24] or \
         INTAKE.record.itemsize != _RECORD.size:
     raise ImportError("bruto.shm.intake: _RECORD no longer matches INTAKE.record")
 
 
-def _words(row: np.void) -> memoryview:
-    """The int64 words of one row of a mapped structured array, as a memoryview.
+def _words(rows: np.ndarray) -> memoryview:
+    """The int64 words of a mapped structured array (a region's ``counters_array``), as a memoryview.
 
-    ``row`` is a view (a field read or write goes to the mapping); its words
-    read and write the same memory without numpy's per-access machinery.
+    Its words read and write the same memory without numpy's per-access machinery.
     """
-    return memoryview(row.base.view(np.uint8)).cast("q")
+    return rows.view(np.uint8).data.cast("q")
 
 
 class NoFreeSlot(RuntimeError):
@@ -59,55 +58,73 @@ class Overloaded(IntakeFull):
     """More payments wait than ``BRUTO_SHED_BACKLOG`` (this slab's backlog plus the outbox): shed load."""
 
 
+def _word(dtype: np.dtype, name: str, row: int = 0) -> int:
+    """The int64 word where field ``name`` of record ``row`` starts, in an array of ``dtype``."""
+    return (row * dtype.itemsize + int(fields_of(dtype)[name][1])) // 8
+
+
 class IntakeWriter:
-    """The web worker's side: claim a slot, append payments, ask for purges."""
+    """The web worker's side: append payments to its slab, ask for purges.
 
-    def __init__(self, settings: Settings):
-        self.slot, self._lock_fd = _claim_slot(settings)
-        self._attach([open_intake(settings, slot) for slot in range(settings.intake_slots)],
-                     open_ledger(settings), open_dispatch(settings), open_outbox(settings),
-                     purge_lock_path(settings), settings.shed_backlog)
+    :meth:`claim` makes the product's (it claims a free slot of the shared
+    directory); :meth:`over` one over regions already mapped, for a single
+    process (tests, in-memory regions).
 
-    @classmethod
-    def over(cls, slot: int, regions: DispatcherRegions, shed_backlog: int | None = None) -> "IntakeWriter":
-        """A writer of ``slot`` over regions already mapped (in-memory ones, in tests): no slot
-        claim and no purge lock, for a single process; no shedding unless ``shed_backlog``."""
-        writer = cls.__new__(cls)
-        writer.slot, writer._lock_fd = slot, None
-        # Without shedding, the limit is the slab's capacity and the outbox
-        # counted against it is an empty one: only a full slab refuses.
-        outbox = regions.outbox if shed_backlog else Region.in_memory(OUTBOX, 1)
-        writer._attach(regions.intake, regions.ledger, regions.dispatch, outbox, None,
-                       shed_backlog or regions.intake[slot].capacity)
-        return writer
+    Args:
+        slot: The intake slot written.
+        slabs: Every slot's slab (a purge request records where each stands).
+        ledger, dispatch, outbox: The other regions it reads.
+        shed_backlog: Payments waiting (this slab's backlog plus the outbox)
+            from which :meth:`append` sheds load.
+        purge_lock_path: The purge lock's file; None: no lock (one process).
+        lock_fd: The descriptor holding the slot's lock, kept open while the writer lives.
+    """
 
-    def _attach(self, slabs: list[Region], ledger: Region, dispatch: Region, outbox: Region,
-                lock_path: str | None, shed_backlog: int) -> None:
-        self.slab = slabs[self.slot]
+    def __init__(self, slot: int, slabs: list[Region], ledger: Region, dispatch: Region, outbox: Region, *,
+                 shed_backlog: int, purge_lock_path: str | None = None, lock_fd: int | None = None):
+        self.slot = slot
+        self._lock_fd = lock_fd
+        self.slab = slabs[slot]
         self._slabs = slabs
         self._ledger = ledger
-        self._purge_lock_path = lock_path
+        self._purge_lock_path = purge_lock_path
         self._capacity = self.slab.capacity
         self._counters = self.slab.counters
         self._records = self.slab.records
-        self._cursor = dispatch.records[self.slot]
+        self._cursor = dispatch.records[slot]
         self._counters["owner_pid"] = os.getpid()
         # NOTE: the hot path (append) reads and writes through plain views of
         # the same memory: a numpy field access costs several µs when the
-        # caches are cold, as they are for most requests (docs/BENCHMARKS.md,
-        # issue 14). ``written`` is word 0 of the counters; ``drained`` is word
-        # 0 of this slot's dispatch record.
-        self._record_bytes = memoryview(self._records.view(np.uint8))
-        self._counter_words = _words(self._counters)
-        self._written_word = INTAKE.counters.fields["written"][1] // 8
-        self._cursor_words = memoryview(dispatch.records.view(np.uint8)).cast("q")
-        self._drained_word = (self.slot * DISPATCH.record.itemsize + DISPATCH.record.fields["drained"][1]) // 8
+        # caches are cold, as they are for most requests (docs/BENCHMARKS.md).
+        self._record_bytes = self._records.view(np.uint8).data
+        self._counter_words = _words(self.slab.counters_array)
+        self._written_word = _word(INTAKE.counters, "written")
+        self._cursor_words = dispatch.records.view(np.uint8).data.cast("q")
+        self._drained_word = _word(DISPATCH.record, "drained", row=slot)
         # Load shedding (bruto.config's shed_backlog): one more word read and
         # an addition on the hot path, and no extra comparison: the outbox's
         # count is never negative, so a full slab also crosses this limit.
-        self._outbox_words = _words(outbox.counters)
-        self._in_use_word = OUTBOX.counters.fields["in_use"][1] // 8
+        self._outbox_words = _words(outbox.counters_array)
+        self._in_use_word = _word(OUTBOX.counters, "in_use")
         self._limit = min(shed_backlog, self._capacity)
+
+    @classmethod
+    def claim(cls, settings: Settings) -> IntakeWriter:
+        """The writer of a free slot of ``settings``' shared directory (raises :class:`NoFreeSlot`)."""
+        slot, lock_fd = _claim_slot(settings)
+        return cls(slot, [open_intake(settings, n) for n in range(settings.intake_slots)], open_ledger(settings),
+                   open_dispatch(settings), open_outbox(settings), shed_backlog=settings.shed_backlog,
+                   purge_lock_path=purge_lock_path(settings), lock_fd=lock_fd)
+
+    @classmethod
+    def over(cls, slot: int, regions: DispatcherRegions, shed_backlog: int | None = None) -> IntakeWriter:
+        """A writer of ``slot`` over regions already mapped: no slot claim and no purge lock, for a
+        single process; no shedding unless ``shed_backlog``."""
+        # Without shedding, the limit is the slab's capacity and the outbox
+        # counted against it is an empty one: only a full slab refuses.
+        outbox = regions.outbox if shed_backlog else Region.in_memory(OUTBOX, 1)
+        return cls(slot, regions.intake, regions.ledger, regions.dispatch, outbox,
+                   shed_backlog=shed_backlog or regions.intake[slot].capacity)
 
     def append(self, correlation_id: bytes, amount_cents: int, accepted_at: int) -> None:
         """Publish one payment; raise :class:`IntakeFull` when there is no room, :class:`Overloaded`
@@ -131,15 +148,13 @@ class IntakeWriter:
     # -- POST /purge-payments --------------------------------------------------
     #
     # A purge drops what was accepted and confirmed before it was asked, and
-    # nothing after: the request records where every slab and the ledger stood
-    # (hole 2 of issue 11). A purge the gateway answered as failed must never
-    # happen later (hole 1): the ticket carries a deadline past which the
-    # dispatcher refuses it, and a gateway that gives up cancels the ticket
-    # under the purge lock, the same lock under which the dispatcher commits to
+    # nothing after: the request records where every slab and the ledger
+    # stood. A purge the gateway answered as failed must never happen later:
+    # the ticket carries a deadline past which the dispatcher refuses it, and
+    # a gateway that gives up cancels the ticket under the purge lock
+    # (bruto.shm.locks), the same lock under which the dispatcher commits to
     # one (bruto.dispatcher.outbox.Outbox.purge). So each ticket is either
-    # cancelled or committed, whatever the timing. The lock is an flock on a
-    # file of the shared directory: it works across processes and containers,
-    # and the kernel drops it when its holder dies.
+    # cancelled or committed, whatever the timing.
 
     def request_purge(self, deadline: int) -> int:
         """Ask the dispatcher to purge before ``deadline`` (epoch µs); returns the ticket.
@@ -171,48 +186,19 @@ class IntakeWriter:
             self._counters["purge_cancelled"] = max(ticket, int(self._counters["purge_cancelled"]))
             return True
 
-    def _purge_lock(self):
-        return purge_lock(self._purge_lock_path) if self._purge_lock_path else contextlib.nullcontext()
+    def _purge_lock(self) -> contextlib.AbstractContextManager[bool]:
+        return locks.held(self._purge_lock_path) if self._purge_lock_path else contextlib.nullcontext(True)
 
 
 def purge_lock_path(settings: Settings) -> str:
-    return os.path.join(settings.shm_dir, "purge.lock")
-
-
-@contextlib.contextmanager
-def purge_lock(path: str, wait: bool = True):
-    """Hold the purge lock (an exclusive ``flock``) for the ``with`` block.
-
-    Yields True once held; with ``wait=False``, yields False at once if another
-    process holds it. Waiting polls instead of blocking in ``flock``, so a
-    gevent worker keeps serving other requests meanwhile.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not wait:
-                    yield False
-                    return
-                time.sleep(0.001)  # gevent-patched in the workers: yields
-        yield True
-    finally:
-        os.close(fd)  # closing drops the lock
+    return locks.lock_path(settings.shm_dir, locks.PURGE_LOCK)
 
 
 def _claim_slot(settings: Settings) -> tuple[int, int]:
     for slot in range(settings.intake_slots):
-        path = intake_path(settings, slot)
-        fd = os.open(path, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        return slot, fd  # the fd stays open for the life of the worker: it is the lock
+        fd = locks.claim(intake_path(settings, slot))
+        if fd is not None:
+            return slot, fd  # the fd stays open for the life of the worker: it is the lock
     raise NoFreeSlot(
         f"all {settings.intake_slots} intake slots in {settings.shm_dir} are held by live workers; "
         "raise BRUTO_INTAKE_SLOTS to at least instances x workers")

@@ -130,7 +130,6 @@ FREE = 0
 QUEUED = 1      # stored by no processor: may go to either, with a fresh requestedAt
 SENT = 2        # an attempt to `processor` is out
 UNRESOLVED = 3  # `processor` may have stored it: only that processor may have it
-STATE_NAMES = ("free", "queued", "sent", "unresolved")
 
 OUTBOX = Layout(
     kind=b"outbox",
@@ -326,6 +325,22 @@ def open_health(settings: Settings) -> Region:
 
 def open_metrics(settings: Settings) -> Region:
     return Region.open(region_path(settings.shm_dir, METRICS), METRICS, len(PROCESSOR_NAMES))
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def index_home_slot(key: bytes, k1: int, k2: int, shift: int) -> int:
+    """The INDEX slot where a probe for ``key`` starts: part of the table's format, since the
+    dispatcher writes where readers look (keys ``hash_k1`` and ``hash_k2``, per table)."""
+    low = int.from_bytes(key[:8], "little")
+    high = int.from_bytes(key[8:], "little")
+    return ((low * k1 ^ high * k2) & _MASK64) >> shift
+
+
+def index_hash_shift(slots: int) -> int:
+    """The shift of :func:`index_home_slot` for a table of ``slots`` (a power of two)."""
+    return 64 - slots.bit_length() + 1
 
 
 def index_slots(ledger_capacity: int, outbox_capacity: int) -> int:

@@ -106,7 +106,7 @@ def totals(region: Region, since: int | None, until: int | None) -> Totals:
     counters = region.counters
     wrapped = int(counters["count"]) - int(counters["start"]) > region.capacity
     truncated = wrapped and (since is None or since <= int(counters["evicted_until"]))
-    return Totals(tuple(requests), tuple(cents), truncated)
+    return Totals((requests[0], requests[1]), (cents[0], cents[1]), truncated)
 
 
 def _retained(region: Region) -> list[slice]:

@@ -38,12 +38,12 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
+from collections.abc import Iterator
 
 import numpy as np
 import orjson
 
-from bruto.dispatcher.dedup import hash_shift
-from bruto.dispatcher.dedup import home_slot
 from bruto.money import format_cents
 from bruto.shm import rejected
 from bruto.shm.layout import EMPTY_REF
@@ -52,6 +52,8 @@ from bruto.shm.layout import PROCESSOR_NAMES
 from bruto.shm.layout import QUEUED
 from bruto.shm.layout import SENT
 from bruto.shm.layout import UNRESOLVED
+from bruto.shm.layout import index_hash_shift
+from bruto.shm.layout import index_home_slot
 from bruto.shm.region import Region
 from bruto.timefmt import format_iso_ms
 
@@ -64,7 +66,11 @@ SCAN_CHUNK = 1 << 16
 PROBE_TRIES = 3
 # Reads of an outbox entry that may catch it between two states.
 ENTRY_TRIES = 5
-_UNAVAILABLE = object()
+class _Unavailable:
+    """What a read returns when what it read changed under it: look again, or elsewhere."""
+
+
+_UNAVAILABLE = _Unavailable()
 PURGED = "bruto held this payment until a purge (POST /purge-payments) dropped it"
 AGED_OUT = ("bruto held this payment once; the ledger (or the ring of rejected payments) has since "
             "overwritten it with newer ones")
@@ -122,7 +128,7 @@ class PaymentFinder:
     """
 
     def __init__(self, slabs: list[Region], dispatch: Region, outbox: Region, ledger: Region, index: Region,
-                 rejected: Region, pause=None):
+                 rejected: Region, pause: Callable[[float], object] | None = None):
         self._pause = pause or _sleep
         self._slabs = slabs
         self._slab_keys = [_keys(slab.records.view(np.uint8).reshape(slab.capacity, -1)) for slab in slabs]
@@ -137,23 +143,26 @@ class PaymentFinder:
         self._index = index.counters
         self._table = index.records["ref"]
         self._mask = index.capacity - 1
-        self._shift = hash_shift(index.capacity)
+        self._shift = index_hash_shift(index.capacity)
 
     def find(self, correlation_id: bytes) -> Payment | NotHeld:
         """The payment of ``correlation_id`` (16 bytes) as the regions hold it now."""
         waiting = self._in_intake(correlation_id)
+        # None after the loop also when an entry was freed under us each time:
+        # it has moved on, and the ring of rejections may have it.
+        held: Payment | None = None
         for _ in range(ENTRY_TRIES):
             ref = self._probe(correlation_id)
-            if ref is _UNAVAILABLE:
-                held = self._scan_held(correlation_id)
+            found: Payment | None | _Unavailable
+            if isinstance(ref, _Unavailable):
+                found = self._scan_held(correlation_id)
             elif ref is None:
-                held = None
+                found = None
             else:
-                held = self._read_ref(correlation_id, ref)
-            if held is not _UNAVAILABLE:
+                found = self._read_ref(correlation_id, ref)
+            if not isinstance(found, _Unavailable):
+                held = found
                 break
-        else:
-            held = None  # an entry freed under us each time: it has moved on; the ring may have it
         if held is not None:
             return held
         if waiting is not None:
@@ -180,7 +189,7 @@ class PaymentFinder:
                     best = (int(record["accepted_at"]), int(record["amount_cents"]))
         return None if best is None else Payment(correlation_id, "waiting", best[1])
 
-    def _probe(self, correlation_id: bytes):
+    def _probe(self, correlation_id: bytes) -> int | None | _Unavailable:
         """The index's ref for the id, None if it holds none, or _UNAVAILABLE."""
         table, mask, counters = self._table, self._mask, self._index
         for _ in range(PROBE_TRIES):
@@ -188,8 +197,8 @@ class PaymentFinder:
             if changes == 0 or changes % 2:
                 return _UNAVAILABLE  # never built, or being rebuilt: scan instead
             ledger_capacity = int(counters["ledger_capacity"])
-            i = home_slot(correlation_id, int(counters["hash_k1"]), int(counters["hash_k2"]), self._shift)
-            found = None
+            i = index_home_slot(correlation_id, int(counters["hash_k1"]), int(counters["hash_k2"]), self._shift)
+            found: int | None | _Unavailable = None
             for _ in range(mask + 1):
                 ref = int(table[i])
                 if ref == EMPTY_REF:
@@ -207,16 +216,16 @@ class PaymentFinder:
 
     def _key_at(self, ref: int, ledger_capacity: int) -> bytes:
         if ref < ledger_capacity:
-            return self._ledger_ids[ref].tobytes()
-        return self._outbox[ref - ledger_capacity]["correlation_id"].tobytes()
+            return bytes(self._ledger_ids[ref].tobytes())
+        return bytes(self._outbox[ref - ledger_capacity]["correlation_id"].tobytes())
 
-    def _read_ref(self, correlation_id: bytes, ref: int):
+    def _read_ref(self, correlation_id: bytes, ref: int) -> Payment | _Unavailable:
         ledger_capacity = int(self._index["ledger_capacity"])
         if ref < ledger_capacity:
             return self._read_ledger(correlation_id, ref)
         return self._read_entry(correlation_id, ref - ledger_capacity)
 
-    def _read_ledger(self, correlation_id: bytes, slot: int):
+    def _read_ledger(self, correlation_id: bytes, slot: int) -> Payment | _Unavailable:
         columns = self._ledger.columns
         requested_at = int(columns["requested_at"][slot])
         amount_cents = int(columns["amount_cents"][slot])
@@ -232,7 +241,7 @@ class PaymentFinder:
         first = max(int(counters["start"]), count - capacity)
         return count > first and (slot - first) % capacity < count - first
 
-    def _read_entry(self, correlation_id: bytes, index: int):
+    def _read_entry(self, correlation_id: bytes, index: int) -> Payment | _Unavailable:
         """The state of an outbox entry; _UNAVAILABLE if it changed while read, or is free."""
         entry = self._outbox[index]
         state = int(entry["state"])
@@ -246,20 +255,20 @@ class PaymentFinder:
         return Payment(correlation_id, "in_flight", amount_cents, PROCESSOR_NAMES[processor], requested_at,
                        unresolved=state == UNRESOLVED)
 
-    def _scan_held(self, correlation_id: bytes):
+    def _scan_held(self, correlation_id: bytes) -> Payment | None:
         """The outbox, then the ledger, scanned: what the index would say."""
         wanted = _key(correlation_id)
         for index in self._hits(self._outbox_keys, wanted, 0, len(self._outbox), len(self._outbox)):
             if int(self._outbox[index]["state"]) in (QUEUED, SENT, UNRESOLVED):
                 found = self._read_entry(correlation_id, index)
-                if found is not _UNAVAILABLE:
+                if not isinstance(found, _Unavailable):
                     return found
         counters = self._ledger.counters
         count = int(counters["count"])
         first = max(int(counters["start"]), count - self._ledger.capacity)
         for n in self._hits(self._ledger_keys, wanted, first, count, self._ledger.capacity):
             found = self._read_ledger(correlation_id, n % self._ledger.capacity)
-            if found is not _UNAVAILABLE:
+            if not isinstance(found, _Unavailable):
                 return found
         return None
 
@@ -323,7 +332,8 @@ class PaymentFinder:
 
     # -- scans -----------------------------------------------------------------
 
-    def _hits(self, keys: np.ndarray, wanted: tuple[int, int], first: int, last: int, capacity: int):
+    def _hits(self, keys: np.ndarray, wanted: tuple[int, int], first: int, last: int,
+              capacity: int) -> Iterator[int]:
         """Indices n in [first, last) whose ring slot n % capacity holds ``wanted``, a chunk at a time."""
         low, high = wanted
         n = first
@@ -344,7 +354,7 @@ def _sleep(seconds: float) -> None:
 
 
 def _key(correlation_id: bytes) -> tuple[int, int]:
-    return (np.frombuffer(correlation_id[:8], dtype="<u8")[0], np.frombuffer(correlation_id[8:], dtype="<u8")[0])
+    return int.from_bytes(correlation_id[:8], "little"), int.from_bytes(correlation_id[8:], "little")
 
 
 def _keys(rows: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ class Region:
     Use :meth:`open` (create if missing, else attach) or :meth:`attach`.
     """
 
-    def __init__(self, path: str, layout: Layout, mapping: np.memmap):
+    def __init__(self, path: str, layout: Layout, mapping: np.ndarray):
         self.path = path
         self.layout = layout
         self._mapping = mapping  # keeps the file mapped while the views below live
@@ -105,16 +106,25 @@ class Region:
         # as a 0-d view: `counters["written"]` reads and writes shared memory.
         self.counters_array = mapping[HEADER_SIZE:HEADER_SIZE + layout.counters.itemsize].view(layout.counters)
         self.counters = self.counters_array[0]
+        self.columns: dict[str, np.ndarray] = {}
+        self._records: np.ndarray | None = None
         if layout.columnar:
-            self.records = None
-            self.columns = {}
             offset = counters_end
-            for name in layout.record.names:
-                field = layout.record.fields[name][0]
+            fields = fields_of(layout.record)
+            for name in fields:
+                field = fields[name][0]
                 self.columns[name] = mapping[offset:offset + self.capacity * field.itemsize].view(field)
                 offset += self.capacity * field.itemsize
         else:
-            self.records = mapping[counters_end:counters_end + self.capacity * layout.record.itemsize].view(layout.record)
+            self._records = mapping[counters_end:counters_end + self.capacity * layout.record.itemsize].view(
+                layout.record)
+
+    @property
+    def records(self) -> np.ndarray:
+        """The records (a layout not ``columnar``: a columnar one has ``columns`` instead)."""
+        if self._records is None:
+            raise TypeError(f"a {self.layout.kind.decode()} region is columnar: it has columns, not records")
+        return self._records
 
     @classmethod
     def attach(cls, path: str, layout: Layout, capacity: int | None = None, writable: bool = True) -> "Region":
@@ -209,6 +219,12 @@ def _create(path: str, layout: Layout, capacity: int) -> None:
     finally:
         os.close(fd)
         os.unlink(tmp)
+
+
+def fields_of(dtype: np.dtype) -> dict[str, tuple[Any, ...]]:
+    """A structured dtype's fields, name: (dtype, offset), in the order of its names."""
+    assert dtype.names is not None and dtype.fields is not None, f"{dtype} is not a structured dtype"
+    return {name: dtype.fields[name] for name in dtype.names}
 
 
 def _round_up(n: int, to: int) -> int:

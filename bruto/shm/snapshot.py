@@ -22,13 +22,16 @@ A histogram is ``{"count", "sum_us", "buckets"}``: one count per bucket of
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from bruto.shm import ledger
+from bruto.shm import locks
 from bruto.shm.layout import BREAKER_STATES
 from bruto.shm.layout import DISPATCH
 from bruto.shm.layout import HEALTH
@@ -53,32 +56,16 @@ from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import region_path
 from bruto.shm.layout import slab_path
 from bruto.shm.lookup import PaymentFinder
+from bruto.shm.region import Layout
 from bruto.shm.region import Region
 from bruto.shm.region import RegionError
+from bruto.shm.region import fields_of
+
+# A snapshot, or a part of one: plain JSON-able values (see the module).
+Snapshot = dict[str, Any]
 
 STATUS_LABELS = tuple(str(status) for status in STATUSES) + ("other",)
 PAYMENTS = ROUTES.index("payments")
-
-
-def lock_held(path: str) -> bool:
-    """Whether a live process holds the flock on ``path`` (slot owners, the dispatcher).
-
-    The lock says more than a PID: it works across containers (PIDs there
-    belong to other namespaces) and cannot be fooled by a reused PID. The probe
-    takes a shared lock for an instant; a worker claiming that very slot at
-    that instant moves on to the next free one.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the probe's lock, if it got one
-    return False
 
 
 class SharedRegions:
@@ -108,14 +95,14 @@ class SharedRegions:
         self.slabs = [Region.attach(slab_path(shm_dir, slot), INTAKE, writable=False)
                       for slot in range(self.dispatch.capacity)]
 
-    def finder(self, pause=None):
+    def finder(self, pause: Callable[[float], object] | None = None) -> PaymentFinder:
         """A bruto.shm.lookup.PaymentFinder over these regions (``pause`` between chunks of a scan)."""
         return PaymentFinder(self.slabs, self.dispatch, self.outbox, self.ledger, self.index, self.rejected, pause)
 
-    def _attach(self, layout) -> Region:
+    def _attach(self, layout: Layout) -> Region:
         return Region.attach(region_path(self.shm_dir, layout), layout, writable=False)
 
-    def read(self) -> dict:
+    def read(self) -> Snapshot:
         """A snapshot (see the module) of every region."""
         intake = [self._slab(slot, slab) for slot, slab in enumerate(self.slabs)]
         metrics = self.metrics.counters
@@ -132,7 +119,7 @@ class SharedRegions:
             "intake": intake,
             "gateway": _gateway_totals(intake),
             "dispatcher": {
-                "alive": lock_held(os.path.join(self.shm_dir, "dispatcher.lock")),
+                "alive": locks.held_elsewhere(locks.lock_path(self.shm_dir, locks.DISPATCHER_LOCK)),
                 "pid": int(self.dispatch.counters["dispatcher_pid"]),
                 "started_at": int(self.dispatch.counters["started_at"]),
                 "duplicates_dropped": int(metrics["duplicates_dropped"]),
@@ -159,7 +146,7 @@ class SharedRegions:
             },
         }
 
-    def _slab(self, slot: int, slab: Region) -> dict:
+    def _slab(self, slot: int, slab: Region) -> Snapshot:
         # The drain cursor first: it never passes `written`, so a backlog read
         # in this order is never negative.
         drained = int(self.dispatch.records[slot]["drained"])
@@ -184,13 +171,13 @@ class SharedRegions:
             "backlog": written - drained,
             "purge_requests": int(counters["purge_ticket"]),
             "owner_pid": int(counters["owner_pid"]),
-            "owner_alive": lock_held(slab.path),
+            "owner_alive": locks.held_elsewhere(slab.path),
             "requests": requests,
             "rejections": {reason: int(n) for (reason, _), n in zip(REJECTIONS, rejections)},
             "protocol_errors": {str(status): int(n) for status, n in zip(PROTOCOL_ERRORS, counters["protocol_errors"])},
         }
 
-    def _processor(self, index: int, found: ledger.Totals) -> dict:
+    def _processor(self, index: int, found: ledger.Totals) -> Snapshot:
         row = self.metrics.records[index]
         health = self.health.records[index]
         return {
@@ -203,19 +190,19 @@ class SharedRegions:
             "lookups": dict(zip(LOOKUP_RESULTS, map(int, row["lookups"]))),
             "health_polls": dict(zip(HEALTH_POLL_RESULTS, map(int, row["health_polls"]))),
             "send_latency": _histogram(row["send_buckets"], row["send_sum_us"]),
-            "health": {field: int(health[field]) for field in HEALTH.record.names
-                       if not HEALTH.record.fields[field][0].shape},
+            "health": {field: int(health[field]) for field, (kind, *_) in fields_of(HEALTH.record).items()
+                       if not kind.shape},
             "breaker_state": BREAKER_STATES[int(health["breaker"])],
             "breaker_transitions": dict(zip(BREAKER_STATES, map(int, health["transitions"]))),
         }
 
 
-def _histogram(buckets, sum_us) -> dict:
+def _histogram(buckets: Iterable[int], sum_us: int) -> Snapshot:
     counts = [int(n) for n in buckets]
     return {"count": sum(counts), "sum_us": int(sum_us), "buckets": counts}
 
 
-def _gateway_totals(intake: list[dict]) -> dict:
+def _gateway_totals(intake: list[Snapshot]) -> Snapshot:
     """The slots' counts added up: what all web workers of all instances answered."""
     requests: dict[str, dict[str, int]] = {}
     rejections = dict.fromkeys((reason for reason, _ in REJECTIONS), 0)
@@ -239,6 +226,6 @@ def _gateway_totals(intake: list[dict]) -> dict:
     }
 
 
-def read(shm_dir: str) -> dict:
+def read(shm_dir: str) -> Snapshot:
     """A snapshot of the shared directory ``shm_dir`` (attaches, reads, lets go)."""
     return SharedRegions(shm_dir).read()

@@ -100,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _soak(args, settings: Settings, dispatcher: subprocess.Popen, groups: dict, processors) -> int:
-    writer = IntakeWriter(settings)
+    writer = IntakeWriter.claim(settings)
     stats = open_dispatch(settings).counters
     ledger = open_ledger(settings)
     started = time.monotonic()
-    fed, next_report, peak = 0, started + args.every, {}
+    fed, next_report = 0, started + args.every
+    peak: dict[str, float] = {}
     print(f"bruto-soak: {args.payments:,} payments through dispatcher pid {dispatcher.pid}"
           f"{f', memory limit {args.memory_mb} MB' if groups else ''}", flush=True)
     while True:

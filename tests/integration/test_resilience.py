@@ -1,4 +1,4 @@
-"""The dispatcher under the processors' failures (issue 4), on real processes.
+"""The dispatcher under the processors' failures, on real processes.
 
 Time is compressed: the official stages last 10 s each, here a few seconds.
 """

@@ -1,4 +1,4 @@
-"""bruto.gateway.worker.HttptoolsGeventWorker: the parser loop alone, then a real gunicorn with it.
+"""bruto.gateway.worker.HttptoolsGeventWorker in a real gunicorn (the protocol alone: tests/unit/test_http1.py).
 
 Behaviour only (what is answered, when a connection stays open or closes),
 never timings: the worker's speed is measured by tools/bench_worker.py and
@@ -15,7 +15,6 @@ import sys
 import time
 import uuid
 
-import httptools
 import pytest
 from gateway import REPO
 from gateway import Client
@@ -24,86 +23,12 @@ from gateway import payment
 from gateway import terminate
 
 from bruto.config import Settings
-from bruto.gateway.worker import MAX_BODY
-from bruto.gateway.worker import _Connection
+from bruto.gateway.validation import MAX_BODY
 from bruto.shm.layout import open_intake
 
 pytestmark = pytest.mark.slow  # real processes
 
 WORKER_CLASS = "bruto.gateway.worker.HttptoolsGeventWorker"
-LIMITS = (4094, 100 * 8190, 100)
-
-
-# ------------------------------------------------------- the parser loop alone
-
-
-def parse(data: bytes) -> _Connection:
-    conn = _Connection({"wsgi.version": (1, 0)}, LIMITS)
-    conn.parser.feed_data(data)
-    return conn
-
-
-def test_environ_of_a_post_with_a_query_and_headers():
-    conn = parse(
-        b"POST /pay%20ments?a=1&b=%20 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"X-Seen: 1\r\nX-Seen: 2\r\nX_Spoofed: 1\r\nContent-Length: 2\r\n\r\n{}"
-    )
-    [(environ, keep_alive)] = conn.ready
-    assert keep_alive
-    assert environ["REQUEST_METHOD"] == "POST"
-    assert environ["PATH_INFO"] == "/pay ments"
-    assert environ["QUERY_STRING"] == "a=1&b=%20"
-    assert environ["SERVER_PROTOCOL"] == "HTTP/1.1"
-    assert environ["CONTENT_TYPE"] == "application/json"
-    assert environ["CONTENT_LENGTH"] == "2"
-    assert environ["HTTP_HOST"] == "x"
-    assert environ["HTTP_X_SEEN"] == "1,2"
-    # Underscored names are dropped, so they cannot pose as dashed ones.
-    assert not any(key.startswith("HTTP_X_SPOOFED") for key in environ)
-    assert environ["wsgi.input"].read() == b"{}"
-    assert environ["wsgi.version"] == (1, 0)
-
-
-def test_a_chunked_body_reaches_the_app_whole_with_its_length():
-    conn = parse(b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-    [(environ, _)] = conn.ready
-    assert environ["CONTENT_LENGTH"] == "5"
-    assert environ["wsgi.input"].read() == b"abcde"
-
-
-def test_pipelined_requests_come_out_in_order_and_http10_does_not_keep_alive():
-    conn = parse(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.0\r\n\r\n")
-    assert [(e["PATH_INFO"], e["SERVER_PROTOCOL"], k) for e, k in conn.ready] == [
-        ("/a", "HTTP/1.1", True), ("/b", "HTTP/1.0", False)]
-
-
-def test_a_request_split_across_reads_is_complete_only_at_its_end():
-    conn = _Connection({}, LIMITS)
-    data = b"POST /payments?x=1 HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd"
-    for i in range(len(data)):
-        conn.parser.feed_data(data[i:i + 1])
-        assert bool(conn.ready) == (i == len(data) - 1)
-        assert conn.in_message == (i < len(data) - 1)
-    [(environ, _)] = conn.ready
-    assert (environ["PATH_INFO"], environ["QUERY_STRING"]) == ("/payments", "x=1")
-    assert environ["wsgi.input"].read() == b"abcd"
-
-
-def test_an_absolute_form_target_becomes_a_path():
-    [(environ, _)] = parse(b"GET http://h:1/p/q?z=1 HTTP/1.1\r\n\r\n").ready
-    assert (environ["PATH_INFO"], environ["QUERY_STRING"]) == ("/p/q", "z=1")
-
-
-@pytest.mark.parametrize("data, status", [
-    (b"POST /p HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1), 413),
-    (b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (MAX_BODY + 1) + b"a" * (MAX_BODY + 1), 413),
-    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 414),
-    (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431),
-])
-def test_limits_are_refused_before_the_app(data, status):
-    with pytest.raises(httptools.HttpParserError) as raised:
-        parse(data)
-    assert raised.value.__context__.status == status
 
 
 # ------------------------------------------------------------ a real gunicorn
@@ -198,6 +123,8 @@ def test_expect_100_continue_is_answered_before_the_body(server):
     (b"POST /payments HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
     (b"POST /payments HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1), 413),
     (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"GET /payments-summary HTTP/1.1\r\nX-Big: " + b"v" * 100_000 + b"\r\n\r\n", 431),
+    (b"GET /payments-summary HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 101 + b"\r\n", 431),
 ])
 def test_bad_http_is_refused_and_the_connection_closed(server, request_bytes, status):
     client = Client(server.port)

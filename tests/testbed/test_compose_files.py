@@ -1,6 +1,6 @@
 """The compose files can be started as written: every `depends_on` names a service that will run and a
-condition that service can meet (a `service_healthy` on a service without a health check never is:
-issue 23, the `metrics` profile)."""
+condition that service can meet (a `service_healthy` on a service without a health check never is,
+as the `metrics` profile once had)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ def test_every_bruto_container_comes_back_after_a_crash():
 
 
 def test_no_container_has_a_health_check():
-    # Each check is a `docker exec` on the cores the test measures (docs/BENCHMARKS.md, issue 14).
+    # Each check is a `docker exec` on the cores the test measures (docs/BENCHMARKS.md, the compose stack).
     for name in BRUTO:
         assert "healthcheck" not in COMPOSE["services"][name], name
 

@@ -83,7 +83,7 @@ def test_every_refusal_of_the_validation_table_has_its_own_reason():
 
 
 def test_a_workers_answers_are_counted_in_its_slab_and_rendered(shm):
-    intake = IntakeWriter(shm)
+    intake = IntakeWriter.claim(shm)
     counters = GatewayCounters(intake.slab)
     for n in range(3):
         intake.append(bytes([n]) * 16, 1990, 1)
@@ -253,7 +253,7 @@ def run_inspector(capsys, *args) -> tuple[int, str, str]:
 
 
 def test_the_inspector_prints_json_and_a_live_view(shm, capsys):
-    intake = IntakeWriter(shm)
+    intake = IntakeWriter.claim(shm)
     intake.append(b"\x01" * 16, 1990, 1)
     status, out, _ = run_inspector(capsys, "--json", "--shm-dir", shm.shm_dir)
     assert status == 0
@@ -280,7 +280,7 @@ def test_the_table_adds_up_without_arithmetic(shm):
 
 def test_the_live_view_computes_rates_between_snapshots(shm):
     before = read(shm.shm_dir)
-    intake = IntakeWriter(shm)
+    intake = IntakeWriter.claim(shm)
     for n in range(30):
         intake.append(bytes([n]) * 16, 1990, 1)
     metrics = DispatcherMetrics(open_metrics(shm))

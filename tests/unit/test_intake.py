@@ -25,14 +25,14 @@ def settings(tmp_path):
 
 
 def test_each_writer_gets_its_own_slot(settings):
-    first, second = IntakeWriter(settings), IntakeWriter(settings)
+    first, second = IntakeWriter.claim(settings), IntakeWriter.claim(settings)
     assert {first.slot, second.slot} == {0, 1}
     with pytest.raises(NoFreeSlot, match="BRUTO_INTAKE_SLOTS"):
-        IntakeWriter(settings)
+        IntakeWriter.claim(settings)
 
 
 def _hold_slot_and_append(shm_dir, ready):
-    writer = IntakeWriter(Settings(shm_dir=shm_dir, intake_slots=2, intake_capacity=4))
+    writer = IntakeWriter.claim(Settings(shm_dir=shm_dir, intake_slots=2, intake_capacity=4))
     writer.append(b"\x01" * 16, 1990, 1)
     ready.set()
     signal.pause()
@@ -47,7 +47,7 @@ def test_a_killed_workers_slot_is_taken_over_with_its_records(settings):
     os.kill(worker.pid, signal.SIGKILL)
     worker.join()
 
-    replacement = IntakeWriter(settings)
+    replacement = IntakeWriter.claim(settings)
     assert replacement.slot == 0
     replacement.append(b"\x02" * 16, 500, 2)
     slab = open_intake(settings, 0)
@@ -57,7 +57,7 @@ def test_a_killed_workers_slot_is_taken_over_with_its_records(settings):
 
 
 def test_a_full_slab_refuses_and_keeps_what_it_has(settings):
-    writer = IntakeWriter(settings)
+    writer = IntakeWriter.claim(settings)
     for i in range(4):
         writer.append(bytes([i]) * 16, 100 + i, i)
     with pytest.raises(IntakeFull):

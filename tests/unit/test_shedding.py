@@ -55,7 +55,7 @@ def test_past_the_backlog_limit_payments_get_503_retry_after_and_nothing_is_kept
 def test_a_full_slab_is_still_intake_full_whatever_the_shedding_limit(tmp_path):
     settings = Settings(shm_dir=str(tmp_path), intake_slots=1, intake_capacity=4, shed_backlog=1000)
     create_all(settings)
-    writer = IntakeWriter(settings)
+    writer = IntakeWriter.claim(settings)
     for n in range(4):
         writer.append(bytes([n]) * 16, 1, 1)
     with pytest.raises(IntakeFull) as raised:
@@ -71,7 +71,7 @@ def test_a_payment_is_accepted_exactly_while_fewer_than_the_limit_wait(tmp_path_
     settings = Settings(shm_dir=str(tmp_path_factory.mktemp("shed")), intake_slots=1, intake_capacity=capacity,
                         shed_backlog=limit)
     create_all(settings)
-    writer = IntakeWriter(settings)
+    writer = IntakeWriter.claim(settings)
     cursor = open_dispatch(settings).records[0]
     outbox = open_outbox(settings).counters
     written = drained = held = 0

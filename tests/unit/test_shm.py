@@ -96,7 +96,7 @@ def test_processes_racing_to_create_share_one_set_of_files(tmp_path):
 
 
 def _append_many(shm_dir, count):
-    writer = IntakeWriter(Settings(shm_dir=shm_dir, intake_slots=1, intake_capacity=1 << 16, shed_backlog=1 << 16))
+    writer = IntakeWriter.claim(Settings(shm_dir=shm_dir, intake_slots=1, intake_capacity=1 << 16, shed_backlog=1 << 16))
     for i in range(count):
         writer.append(i.to_bytes(16, "big"), i + 1, i)
 

@@ -405,11 +405,11 @@ class ComposeBench:
         """
         started = time.monotonic()
         self.processors.run("up", "--build", "-d")
-        self.foreground = self.product.start("up", "--build")
+        foreground = self.foreground = self.product.start("up", "--build")
 
         def answers() -> bool:
-            if self.foreground.poll() is not None:
-                raise StackError(f"docker compose up --build exited {self.foreground.returncode}; "
+            if foreground.poll() is not None:
+                raise StackError(f"docker compose up --build exited {foreground.returncode}; "
                                  f"last lines of {self.log}:\n{tail(self.log)}")
             return summary_answers(f"http://127.0.0.1:{PORT}")
 

@@ -242,7 +242,7 @@ class Resources:
         self.pgids = [p["pid"] for p in state["processes"] if p["name"] in SERVICE_LIMITS]
         self.peak_rss = 0
         self._stop = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self._cpu_start = 0.0
         self._services_start: dict[str, dict[str, float]] = {}
 
@@ -326,8 +326,8 @@ def picture(path: Path, label: str, result: dict, floor: dict | None) -> str | N
              f"{s['inconsistencies']}  lag {s['lag']}  default {s['default']['requests']}  "
              f"fallback {s['fallback']['requests']}" + ("  NOISE (floor p99 above 2.5 ms)" if result["noise"] else ""))
     try:
-        plot.draw(path, title, result["_latency"], floor and floor["_latency"], result["_seconds"],
-                  s["p99"], floor and floor["p99"])
+        plot.draw(path, title, result["_latency"], floor["_latency"] if floor else None, result["_seconds"],
+                  s["p99"], floor["p99"] if floor else None)
     except (ImportError, OSError, ValueError) as error:
         print(f"bruto-bench: no picture {path}: {error}", file=sys.stderr)
         return None
@@ -369,9 +369,9 @@ def machine() -> dict:
 
 def docker_setup() -> dict:
     """The Docker engine and compose plugin the compose runs used."""
-    info = subprocess.run(["docker", "info", "--format", "{{json .}}"], capture_output=True, text=True).stdout
+    printed = subprocess.run(["docker", "info", "--format", "{{json .}}"], capture_output=True, text=True).stdout
     try:
-        info = json.loads(info)
+        info = json.loads(printed)
     except ValueError:
         info = {}
     compose = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True).stdout
@@ -469,11 +469,11 @@ def run(args: argparse.Namespace) -> dict:
         )
         state = bruto.up()
         try:
-            resources = Resources(state)
-            resources.start()
+            stack_resources = Resources(state)
+            stack_resources.start()
             summary = k6(f"bruto-{index + 1}", "http://127.0.0.1:9999", report, stack_groups(state),
                          ShmBacklog(shm_dir))
-            return measured(summary, resources=resources.stop())
+            return measured(summary, resources=stack_resources.stop())
         finally:
             for problem in bruto.down():
                 print(f"bruto stack: {problem}", file=sys.stderr)

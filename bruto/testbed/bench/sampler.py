@@ -62,7 +62,7 @@ def parse_schedstat(text: str) -> int:
 
 def task_waits(pid: int) -> dict[int, int]:
     """``{thread id: ns waited on a run queue}`` of every thread of a process (gone: empty)."""
-    waits = {}
+    waits: dict[int, int] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -205,8 +205,9 @@ class Sampler:
         if self._thread is not None:
             self._thread.join()
         self.sample()
-        if hasattr(self.backlog, "close"):
-            self.backlog.close()
+        close = getattr(self.backlog, "close", None)
+        if close is not None:
+            close()
         return summarize(self.samples, {name: wait.seconds() for name, wait in self.waits.items()})
 
 

@@ -66,8 +66,8 @@ def score(summary: dict) -> dict:
             "fee_per_transaction": _metric(metrics, f"fee_{name}", "value"),
         }
     # In decimals, as the scripts do with big.js: the amounts and fees are money.
-    gross = sum(_exact(p["amount"]) for p in processors.values())
-    fees = sum(_exact(p["amount"]) * _exact(p["fee_per_transaction"]) for p in processors.values())
+    gross = sum((_exact(p["amount"]) for p in processors.values()), decimal.Decimal(0))
+    fees = sum((_exact(p["amount"]) * _exact(p["fee_per_transaction"]) for p in processors.values()), decimal.Decimal(0))
     liquid = (gross - fees) * (1 + _exact(bonus) - _exact(fine))
     payments_ok = int(_metric(metrics, "payments_ok", "count"))
     lag = payments_ok - sum(p["requests"] for p in processors.values())

@@ -71,8 +71,8 @@ def windows(rows: list[tuple[float, float]], slow_ms: float, width_s: float = WI
     durations = collections.defaultdict(list)
     for start, duration in rows:
         durations[int(start // width_s)].append(duration)
-    stalls = collections.Counter()
-    stalled = collections.Counter()
+    stalls: collections.Counter[int] = collections.Counter()
+    stalled: collections.Counter[int] = collections.Counter()
     for episode in episodes(rows, slow_ms):
         if len(episode) >= 2:
             index = int(episode[0][0] // width_s)

@@ -72,6 +72,7 @@ class Emulator:
                    "--fee", str(fee), "--token", token, "--health-window", str(health_window),
                    *extra_args]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert process.stdout is not None  # stdout=PIPE
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
             ready = selector.select(timeout)
@@ -99,7 +100,8 @@ class Emulator:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        self._process.stdout.close()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
 
     # ------------------------------------------------------------ admin API
 

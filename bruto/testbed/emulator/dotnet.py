@@ -215,19 +215,26 @@ def parse_decimal(value: object) -> decimal.Decimal:
     if not number.is_finite():
         raise BindingError(f"not a finite number: {value!r}")
     try:
-        if number.as_tuple().exponent > 0:  # a decimal has no negative scale: 1E+2 is 100
+        if exponent(number) > 0:  # a decimal has no negative scale: 1E+2 is 100
             number = number.quantize(_ONE, context=_EXACT)
-        if number.as_tuple().exponent < -_DECIMAL_MAX_SCALE:
+        if exponent(number) < -_DECIMAL_MAX_SCALE:
             number = number.quantize(_ONE.scaleb(-_DECIMAL_MAX_SCALE), decimal.ROUND_HALF_EVEN, _EXACT)
         # Digits that do not fit in the 96-bit mantissa are rounded away, one decimal at a time.
-        while _mantissa(number) > _DECIMAL_MAX and number.as_tuple().exponent < 0:
-            number = number.quantize(_ONE.scaleb(number.as_tuple().exponent + 1),
-                                     decimal.ROUND_HALF_EVEN, _EXACT)
+        while _mantissa(number) > _DECIMAL_MAX and exponent(number) < 0:
+            number = number.quantize(_ONE.scaleb(exponent(number) + 1), decimal.ROUND_HALF_EVEN, _EXACT)
     except decimal.InvalidOperation:  # more than _EXACT's 100 digits: far beyond decimal.MaxValue
         raise BindingError(f"out of decimal's range: {value!r}") from None
     if _mantissa(number) > _DECIMAL_MAX:
         raise BindingError(f"out of decimal's range: {value!r}")
     return number
+
+
+def exponent(number: decimal.Decimal) -> int:
+    """The exponent of a finite decimal (``19.90``: -2)."""
+    value = number.as_tuple().exponent
+    if not isinstance(value, int):
+        raise ValueError(f"{number} is not finite")
+    return value
 
 
 def _mantissa(number: decimal.Decimal) -> int:
@@ -242,7 +249,7 @@ def round_amount(amount: decimal.Decimal) -> decimal.Decimal:
     than two decimals; a value with two or fewer keeps its scale (19.9 stays
     19.9, 10 stays 10). numeric has no negative zero.
     """
-    if amount.as_tuple().exponent < -2:
+    if exponent(amount) < -2:
         amount = amount.quantize(_CENT, decimal.ROUND_HALF_EVEN, _EXACT)
     return amount.copy_abs() if amount.is_zero() else amount
 

@@ -155,7 +155,7 @@ def amount_columns(amount: decimal.Decimal) -> tuple[int, int]:
     cents = int(amount.scaleb(2))
     if abs(cents) >= 1 << 62:  # sums of such rows would overflow int64
         raise BadRequest("amount out of the emulator's range")
-    return cents, -amount.as_tuple().exponent
+    return cents, -dotnet.exponent(amount)
 
 
 def amount_text(cents: int, scale: int) -> str:
@@ -459,8 +459,11 @@ async def serve(args: argparse.Namespace) -> None:
     # Our own listening socket rather than a TCPSite, so that each connection
     # gets a KestrelRequestHandler. A deep backlog: a load test opens a
     # thousand connections at once.
+    server = runner.server
+    assert server is not None  # made by setup()
     listener = await loop.create_server(
-        lambda: KestrelRequestHandler(runner.server, loop=loop, access_log=None),
+        # None: no access logger at all (aiohttp's own test; its annotation says Logger).
+        lambda: KestrelRequestHandler(server, loop=loop, access_log=None),  # type: ignore[arg-type]
         args.host, args.port, backlog=4096)
     port = listener.sockets[0].getsockname()[1]
     print(f"bruto-emulator listening on http://{args.host}:{port}", flush=True)

@@ -179,7 +179,10 @@ def run_row(world: ComposeWorld, name: str, timing: Timing) -> dict:
 def forwarded_at(world: ComposeWorld, correlation_id: str, stored: dict[str, set[str]]) -> float:
     """When bruto sent a stored payment: the requestedAt its processor holds, in epoch seconds."""
     processor = world.processors[next(iter(stored[correlation_id]))]
-    return parse_iso(processor.get_payment(correlation_id)["requestedAt"]) / 1e6
+    payment = processor.get_payment(correlation_id)
+    if payment is None:
+        raise LookupError(f"{correlation_id} is stored, but its processor does not have it")
+    return parse_iso(payment["requestedAt"]) / 1e6
 
 
 def table(results: list[dict]) -> str:

@@ -39,9 +39,15 @@ def iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def _host(parts: urllib.parse.SplitResult) -> str:
+    if not parts.hostname:
+        raise ValueError(f"{parts.geturl()!r} names no host")
+    return parts.hostname
+
+
 def get_json(base_url: str, path: str, headers: dict | None = None, timeout: float = TIMEOUT_S) -> dict:
     parts = urllib.parse.urlsplit(base_url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection = http.client.HTTPConnection(_host(parts), parts.port, timeout=timeout)
     try:
         connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
@@ -65,7 +71,7 @@ class Load:
 
     def __init__(self, base_url: str, rate: float = 200.0, clients: int = 40):
         parts = urllib.parse.urlsplit(base_url)
-        self.address = (parts.hostname, parts.port)
+        self.address = (_host(parts), parts.port)
         self.interval = clients / rate
         self.clients = clients
         self.attempts: list[Attempt] = []

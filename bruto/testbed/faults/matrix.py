@@ -116,6 +116,7 @@ class World:
                     [sys.executable, "-m", "bruto.testbed.faults.processor", "--port", str(port),
                      "--upstream", self.emulators[name].url, "--control-port", str(control), "--late-s", str(LATE_S)],
                     stdout=subprocess.PIPE, stderr=log, text=True)
+                assert process.stdout is not None  # stdout=PIPE
                 process.stdout.readline()  # it says where it listens once it does
                 self.proxies[name] = (process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{control}")
             self.args = ["--run-dir", str(self.run_dir), "--shm-dir", self.shm_dir, "--port", str(self.port),

@@ -56,7 +56,7 @@ class FaultyProcessor:
         self.upstream = upstream.rstrip("/")
         self.late_s = late_s
         self.mode = "pass"
-        self.met = collections.Counter()
+        self.met: collections.Counter[str] = collections.Counter()
         self.server: asyncio.AbstractServer | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.session: ClientSession | None = None
@@ -120,6 +120,7 @@ class FaultyProcessor:
 
     async def forward(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes):
         sent = {name: value for name, value in headers if name.lower() not in _HOP_BY_HOP}
+        assert self.session is not None, "forward() before start()"
         async with self.session.request(method, self.upstream + target, headers=sent, data=body) as response:
             answer = await response.read()
             kept = [(name, value) for name, value in response.headers.items() if name.lower() not in _HOP_BY_HOP]
@@ -177,7 +178,8 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await runner.cleanup()
-    await proxy.session.close()
+    if proxy.session is not None:
+        await proxy.session.close()
 
 
 def main(argv: list[str] | None = None) -> None:

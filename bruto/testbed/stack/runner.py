@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bruto.testbed.stack import cgroups
 
@@ -237,7 +238,7 @@ class Stack:
             # directories (what they hold was accepted; this stack resumes it).
             self.down(may_remove=lambda path: False)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        state = {
+        state: dict[str, Any] = {
             "run_dir": str(self.run_dir),
             "processes": [],
             "cgroups": {},
@@ -312,7 +313,7 @@ class Stack:
         deadline = time.monotonic() + READY_TIMEOUT_S
         if service.ready[0] == "alive":
             deadline = time.monotonic() + service.ready[1]
-        reason = "no answer yet"
+        reason: str | None = "no answer yet"
         while True:
             status = self._exit_status(record["pid"])
             if status is not None:

@@ -176,7 +176,7 @@ def render_nginx_conf(template: Path, run_dir: Path, port: int, socket_dir: Path
     """Write a copy of an nginx config with the listen port and socket directory replaced.
 
     Args:
-        template: conf/nginx.conf or conf/nginx-floor.conf.
+        template: bruto/testbed/stack/nginx.conf or bruto/testbed/bench/nginx-floor.conf.
         run_dir: Where the copy is written.
         port: The port to listen on.
         socket_dir: Replaces ``/run/bruto/`` (the compose file's shared volume).

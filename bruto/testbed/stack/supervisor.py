@@ -38,7 +38,7 @@ from bruto.testbed.stack.runner import Stack
 from bruto.testbed.stack.runner import StackError
 from bruto.testbed.stack.runner import start_time
 
-log = logging.getLogger("bruto.stack.supervisor")
+log = logging.getLogger("bruto.testbed.stack.supervisor")
 
 SERVICES_FILE = "services.json"
 WATCH_S = 0.1

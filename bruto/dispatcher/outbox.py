@@ -122,10 +122,14 @@ class Outbox:
     Args:
         regions: the shared regions (or in-memory ones, in tests).
         policy: the routing policy.
+        claiming: payments must be claimed before they are sent (many hosts,
+            bruto.cluster): a queued payment waits in :meth:`to_claim` until
+            :meth:`claimed` says whether this host may send it.
     """
 
-    def __init__(self, regions: DispatcherRegions, policy: routing.Policy):
+    def __init__(self, regions: DispatcherRegions, policy: routing.Policy, claiming: bool = False):
         self.policy = policy
+        self.claiming = claiming
         self.stats = regions.dispatch.counters
         self.metrics = DispatcherMetrics(regions.metrics)
         self.in_flight = [0, 0]  # Sends out, per processor
@@ -142,6 +146,7 @@ class Outbox:
         self._generation = [0] * regions.outbox.capacity  # of each entry's one pending timer or action
         self._free: list[int] = []
         self._ready: collections.deque[int] = collections.deque()
+        self._unclaimed: list[int] = []  # queued, not yet claimed (only while claiming), oldest first
         self._timers: list[tuple[int, int, int]] = []  # heap of (due, entry, generation)
         self._latencies = tuple(collections.deque(maxlen=LATENCY_SAMPLES) for _ in PROCESSOR_NAMES)
         # (answered at, ms) of the last answers, and the send time of each
@@ -182,7 +187,8 @@ class Outbox:
     def drain(self, now: int) -> int:
         """Move what the gateways accepted from intake into the outbox; returns how many records."""
         limits = self._purge_limits(now)
-        dedup, entries, free, ready = self._dedup, self._entries, self._free, self._ready
+        dedup, entries, free = self._dedup, self._entries, self._free
+        ready = self._unclaimed if self.claiming else self._ready
         moved = 0
         for slot, slab in enumerate(self._slabs):
             cursor = self._cursors[slot]
@@ -214,6 +220,30 @@ class Outbox:
                 cursor["drained"] = drained  # after the entry: a crash re-drains, the index drops it
                 moved += 1
         return moved
+
+    def to_claim(self, limit: int) -> list[tuple[int, bytes]]:
+        """The oldest queued payments not claimed yet: (entry, correlationId), at most ``limit``."""
+        return [(index, self._entries[index]["correlation_id"].tobytes()) for index in self._unclaimed[:limit]]
+
+    def claimed(self, batch: list[tuple[int, bytes]], mine: set[bytes]) -> int:
+        """The claim of ``batch`` (what :meth:`to_claim` gave) is decided: the ids in ``mine`` are this
+        host's to send; the others are claimed by another host and dropped. Returns how many were dropped.
+        """
+        decided = {index for index, _ in batch}
+        self._unclaimed = [index for index in self._unclaimed if index not in decided]
+        dropped = 0
+        for index, correlation_id in batch:
+            entry = self._entries[index]
+            if entry["state"] != QUEUED or entry["correlation_id"].tobytes() != correlation_id:
+                continue  # a purge rebuilt the outbox meanwhile; whatever holds the entry now waits its turn
+            if correlation_id in mine:
+                self._ready.append(index)
+            else:
+                # Another host has it: sending it here too could store it twice.
+                self.stats["duplicates_dropped"] += 1
+                self._release(index, forget=True)
+                dropped += 1
+        return dropped
 
     def poll(self, now: int) -> list[Action]:
         """Time passed: what is due now (sends, lookups)."""
@@ -347,7 +377,7 @@ class Outbox:
     def waiting(self) -> set[int]:
         """Entries with something scheduled: in the ready queue, or a live timer."""
         live = {index for _, index, generation in self._timers if generation == self._generation[index]}
-        return live | set(self._ready)
+        return live | set(self._ready) | set(self._unclaimed)
 
     def generation(self, entry: int) -> int:
         return self._generation[entry]
@@ -553,8 +583,11 @@ class Outbox:
         self._free = [int(i) for i in np.flatnonzero(states == FREE)[::-1]]
         self._in_use["in_use"] = len(entries) - len(self._free)
         queued = np.flatnonzero(states == QUEUED)
-        self._ready = collections.deque(int(i) for i in queued[np.argsort(entries["accepted_at"][queued],
-                                                                          kind="stable")])
+        queued = [int(i) for i in queued[np.argsort(entries["accepted_at"][queued], kind="stable")]]
+        # Claiming: which of them were claimed is the database's to say (a
+        # claim is idempotent for the host that made it), so all go through it again.
+        self._ready = collections.deque([] if self.claiming else queued)
+        self._unclaimed = queued if self.claiming else []
         self._timers = []
         for index in np.flatnonzero(states == UNRESOLVED):
             self._schedule(int(index), self._provable_at(int(index)))

@@ -66,7 +66,13 @@ class Dispatcher:
         self.regions = regions or DispatcherRegions.open(settings)
         policy = routing.Policy.from_terms(settings.default_fee, settings.fallback_fee,
                                            settings.settlement_bound_s, max_in_flight=settings.senders)
-        self.outbox = Outbox(self.regions, policy)
+        self.cluster = None
+        if settings.database_url:
+            # Only with a URL: it imports psycopg (after gevent's patch, in __main__).
+            from bruto.cluster.link import ClusterLink
+
+            self.cluster = ClusterLink(settings, self.regions.ledger)
+        self.outbox = Outbox(self.regions, policy, claiming=self.cluster is not None)
         if clients is None:
             session = make_session(settings.senders + 8)
             clients = (ProcessorClient(settings.default_url, session),
@@ -81,6 +87,8 @@ class Dispatcher:
 
     def run(self) -> None:
         gevent.spawn(self.poller.run)
+        if self.cluster is not None:
+            gevent.spawn(self.cluster.run_publisher)
         while True:
             self.step()
             now = now_us()
@@ -96,6 +104,8 @@ class Dispatcher:
                 if held:
                     self.outbox.purge(slot, now_us())
         self.outbox.drain(now)
+        if self.cluster is not None:
+            self.cluster.claim(self.outbox, now_us())  # only claimed payments go on to be sent
         self._carry_out(self.outbox.poll(now_us()))
 
     # -- actions and the events they end with ------------------------------------

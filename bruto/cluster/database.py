@@ -24,8 +24,9 @@ log = logging.getLogger("bruto.cluster")
 # hangs, instead of for ever.
 CONNECT_TIMEOUT_S = 2
 STATEMENT_TIMEOUT_MS = 5000
-# How long a caller waits for a connection from the pool.
-POOL_TIMEOUT_S = 3.0
+# How long a caller waits for a connection from the pool: while the database
+# is down, a summary answers 503 this late.
+POOL_TIMEOUT_S = 1.5
 
 _CLAIM = """
 WITH wanted AS (SELECT unnest(%(ids)s::uuid[]) AS correlation_id),
@@ -106,12 +107,14 @@ class Database:
                                      (self.host, self.label))
                         self._ready = True
                     return work(conn)
+            except psycopg_pool.PoolTimeout as error:  # no connection could be made in time: no second try
+                raise Unavailable(str(error).strip() or type(error).__name__) from error
             except psycopg.OperationalError as error:
                 # A connection the server closed (a restart) fails once; the
                 # pool drops it, and a second try gets a new one.
                 if attempt == 2:
                     raise Unavailable(str(error).strip() or type(error).__name__) from error
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
+            except psycopg.Error as error:
                 raise Unavailable(str(error).strip() or type(error).__name__) from error
 
     def claim(self, ids: list[bytes]) -> tuple[set[bytes], set[bytes]]:

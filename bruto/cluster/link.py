@@ -1,7 +1,7 @@
 """The dispatcher's side of the cluster: claim before send, publish what was confirmed.
 
-- :meth:`ClusterLink.claim`, called by the dispatcher's loop after each
-  drain, claims what the outbox holds unclaimed in one statement per batch
+- :meth:`ClusterLink.claim`, run by the dispatcher's claimer greenlet after
+  each drain that brought payments, claims what the outbox holds unclaimed in one statement per batch
   and tells the outbox which ids are this host's (bruto.dispatcher.outbox:
   ``to_claim``/``claimed``). While the database is unreachable nothing is
   claimed, so nothing new is sent; intake and the outbox keep accepting.
@@ -56,16 +56,20 @@ class ClusterLink:
                                        host_label(settings.shm_dir), max_connections=2)
         self.counters = open_cluster(settings.shm_dir).counters
         self._ledger = ledger
-        self._claim_retry_at = 0
         self._position: int | None = None
         self._said_down = False
+        self.claims_failing = False  # the last claim found no database: the caller waits retry_s
+        self.retry_s = RETRY_S
 
     # -- claims ------------------------------------------------------------------
 
-    def claim(self, outbox, now: int) -> None:
-        """Claim what the outbox holds unclaimed; what another host has is dropped there."""
-        if now < self._claim_retry_at:
-            return
+    def claim(self, outbox) -> None:
+        """Claim what the outbox holds unclaimed (what another host has is dropped there).
+
+        When the database cannot say, those payments wait, ``claims_failing``
+        says so, and the caller tries again after ``retry_s``.
+        """
+        self.claims_failing = False
         while True:
             batch = outbox.to_claim(CLAIM_BATCH)
             if not batch:
@@ -75,7 +79,7 @@ class ClusterLink:
             except Unavailable as error:
                 self.counters["claim_errors"] += 1
                 self._down("claim", error)
-                self._claim_retry_at = now + int(RETRY_S * 1_000_000)
+                self.claims_failing = True
                 return
             self._up()
             self.counters["claims"] += 1

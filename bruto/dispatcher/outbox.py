@@ -229,13 +229,17 @@ class Outbox:
         """The claim of ``batch`` (what :meth:`to_claim` gave) is decided: the ids in ``mine`` are this
         host's to send; the others are claimed by another host and dropped. Returns how many were dropped.
         """
-        decided = {index for index, _ in batch}
-        self._unclaimed = [index for index in self._unclaimed if index not in decided]
-        dropped = 0
+        decided = []
         for index, correlation_id in batch:
             entry = self._entries[index]
-            if entry["state"] != QUEUED or entry["correlation_id"].tobytes() != correlation_id:
-                continue  # a purge rebuilt the outbox meanwhile; whatever holds the entry now waits its turn
+            # The claim ran while other events went on: a purge may have freed
+            # the entry, or a new payment taken it, which waits for its own claim.
+            if entry["state"] == QUEUED and entry["correlation_id"].tobytes() == correlation_id:
+                decided.append((index, correlation_id))
+        done = {index for index, _ in decided}
+        self._unclaimed = [index for index in self._unclaimed if index not in done]
+        dropped = 0
+        for index, correlation_id in decided:
             if correlation_id in mine:
                 self._ready.append(index)
             else:

@@ -21,6 +21,7 @@ import signal
 import sys
 
 import gevent
+import gevent.event
 
 from bruto.config import Settings
 from bruto.config import settings_or_exit
@@ -72,6 +73,7 @@ class Dispatcher:
             from bruto.cluster.link import ClusterLink
 
             self.cluster = ClusterLink(settings, self.regions.ledger)
+        self._claims_due = gevent.event.Event()
         self.outbox = Outbox(self.regions, policy, claiming=self.cluster is not None)
         if clients is None:
             session = make_session(settings.senders + 8)
@@ -89,6 +91,7 @@ class Dispatcher:
         gevent.spawn(self.poller.run)
         if self.cluster is not None:
             gevent.spawn(self.cluster.run_publisher)
+            gevent.spawn(self._claim)
         while True:
             self.step()
             now = now_us()
@@ -104,8 +107,8 @@ class Dispatcher:
                 if held:
                     self.outbox.purge(slot, now_us())
         self.outbox.drain(now)
-        if self.cluster is not None:
-            self.cluster.claim(self.outbox, now_us())  # only claimed payments go on to be sent
+        if self.cluster is not None and self.outbox.to_claim(1):
+            self._claims_due.set()  # only claimed payments go on to be sent (self._claim)
         self._carry_out(self.outbox.poll(now_us()))
 
     # -- actions and the events they end with ------------------------------------
@@ -135,6 +138,19 @@ class Dispatcher:
             log.exception("looking up %s failed", lookup.correlation_id.hex())
             found = Outcome.UNKNOWN
         self._feed(self.outbox.lookup_done, lookup, found, now_us())
+
+    def _claim(self) -> None:
+        """The claimer's greenlet (many hosts): claims what was drained, off the loop, so a slow or
+        unreachable database holds up no drain, purge or send of what is claimed already."""
+        while True:
+            self._claims_due.wait()
+            self._claims_due.clear()
+            self._feed(self.cluster.claim, self.outbox)
+            if self.cluster.claims_failing:
+                gevent.sleep(self.cluster.retry_s)  # the database did not answer: they wait, and so do we
+                self._claims_due.set()
+            elif self.outbox.to_claim(1):  # more than a batch, or more drained meanwhile
+                self._claims_due.set()
 
     def _health_reported(self, processor: int, report, asked_at: int, now: int) -> None:
         self._feed(self.outbox.health_reported, processor, report, asked_at, now)

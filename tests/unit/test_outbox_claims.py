@@ -120,3 +120,22 @@ def test_without_claiming_the_outbox_sends_at_once_and_keeps_nothing_to_claim():
     assert send.correlation_id == payment and a.outbox.to_claim(10) == []
     a.outbox.attempt_done(send, Outcome.STORED, a.now, 1000)
     assert totals(a.regions.ledger, None, None).requests == (1, 0)
+
+
+def test_a_purge_while_a_claim_is_out_leaves_the_payment_accepted_after_it_waiting_for_its_own_claim():
+    a = Host("a", {})
+    purged = uuid.uuid4().bytes
+    a.accept(purged)
+    a.outbox.drain(a.now)
+    batch = a.outbox.to_claim(10)  # the claim statement goes out ...
+    ticket = a.writer.request_purge(deadline=a.now + 5 * S)
+    for slot in a.outbox.pending_purges(a.now):
+        a.outbox.purge(slot, a.now)  # ... a purge frees the entry meanwhile ...
+    assert a.writer.purge_done(ticket)
+    later = uuid.uuid4().bytes
+    a.accept(later)
+    a.outbox.drain(a.now)  # ... and a new payment takes it
+    assert [cid for _, cid in a.outbox.to_claim(10)] == [later]
+    assert a.outbox.claimed(batch, {purged}) == 0  # the answer for the purged one decides nothing now
+    assert [cid for _, cid in a.outbox.to_claim(10)] == [later]
+    assert [send.correlation_id for send in a.step()] == [later]

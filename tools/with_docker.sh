@@ -29,7 +29,8 @@ die() { log "error: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (apt, dockerd)"
 
 missing=""
-command -v docker >/dev/null 2>&1 || missing="docker.io"
+# The engine, not only a client: a docker CLI alone (some images ship one) cannot build or run.
+command -v dockerd >/dev/null 2>&1 || missing="docker.io"
 command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
 if [ -n "$missing" ]; then
     log "installing ${missing# } (apt)"

@@ -4,6 +4,7 @@
     OPEN ──(PROBE_INTERVAL passed, or health says not failing)──► HALF_OPEN
     HALF_OPEN ──(the single probe payment succeeds)──► CLOSED
     HALF_OPEN ──(the probe fails)──► OPEN
+    HALF_OPEN ──(news the processor may be back while the probe is stale)──► OPEN, probe at once
 
 The state is kept in the health table (bruto.shm.layout.HEALTH): :func:`read`
 and :func:`write` move it between a row and a :class:`Breaker`, so a
@@ -53,12 +54,25 @@ def failed(breaker: Breaker, now: int) -> Breaker:
     return dataclasses.replace(breaker, failures=failures)
 
 
-def reported(breaker: Breaker, failing: bool, now: int) -> Breaker:
-    """Fold a service-health report in: it can open, or invite a probe, never close."""
+def reported(breaker: Breaker, failing: bool, now: int, delay_ms: int = 0) -> Breaker:
+    """Fold a service-health report in: it can open, or invite a probe, never close.
+
+    A probe out for longer than the delay now reported went under the old
+    configuration (a processor keeps the delay in force when a request
+    arrived): its answer says nothing of now, so a new probe goes at once.
+    """
     if failing and breaker.state == CLOSED:
         return _opened(breaker, now, breaker.failures)
-    if not failing and breaker.state == OPEN:
-        return dataclasses.replace(breaker, probe_at=0)  # probe at once rather than after the interval
+    if not failing:
+        return reprobe(breaker, now, delay_ms * 1000 + PROBE_INTERVAL_US)
+    return breaker
+
+
+def reprobe(breaker: Breaker, now: int, stale_after_us: int = PROBE_INTERVAL_US) -> Breaker:
+    """There is news that the processor may be back: an open breaker probes at once, and so does a
+    half-open one whose probe has been out for longer than ``stale_after_us``. Never closes."""
+    if breaker.state == OPEN or (breaker.state == HALF_OPEN and now - breaker.probe_at > stale_after_us):
+        return dataclasses.replace(breaker, state=OPEN, probe_at=0)
     return breaker
 
 

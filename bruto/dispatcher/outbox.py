@@ -58,6 +58,8 @@ from bruto.dispatcher.metrics import DispatcherMetrics
 from bruto.dispatcher.outcomes import Health
 from bruto.dispatcher.outcomes import Outcome
 from bruto.dispatcher.outcomes import Stored
+from bruto.shm.layout import DEFAULT
+from bruto.shm.layout import FALLBACK
 from bruto.shm.layout import FREE
 from bruto.shm.layout import PROCESSOR_NAMES
 from bruto.shm.layout import QUEUED
@@ -154,7 +156,11 @@ class Outbox:
         self._recent: tuple[collections.deque[tuple[int, int]], ...] = tuple(
             collections.deque(maxlen=RECENT_ANSWERS) for _ in PROCESSOR_NAMES)
         self._out: tuple[dict[tuple[int, int], int], ...] = ({}, {})
+        self._answered_sent_at = [0, 0]  # when the latest payment each has answered was sent
         self._slow_since = [0, 0]
+        # When each breaker last closed after an outage: the delay announced
+        # before it is stale until a health call asked since then says otherwise.
+        self._closed_at = [0, 0]
         self._latency_published_at = 0
         # What the health table says, per processor, kept here too: the
         # outbox is the table's only writer (the poller's reports come
@@ -173,7 +179,9 @@ class Outbox:
                 self._finish_purge(slot)  # committed before the crash: carry it out to the end
         self.in_flight = [0, 0]
         self._out = ({}, {})
+        self._answered_sent_at = [0, 0]
         self._slow_since = [0, 0]
+        self._closed_at = [0, 0]
         rows = self._health
         self._breakers = [breaker.read(row) for row in rows]
         self._announced_ms = [int(row["min_response_ms"]) for row in rows]
@@ -272,9 +280,10 @@ class Outbox:
         """The answer to a :class:`Send` (or UNKNOWN if it ended any other way)."""
         processor = send.processor
         self.in_flight[processor] -= 1
-        self._out[processor].pop((send.entry, send.generation), None)
+        sent_at = self._out[processor].pop((send.entry, send.generation), 0)
         if outcome is not Outcome.UNKNOWN:
             self._recent[processor].append((now, elapsed_us // 1000))
+            self._answered_sent_at[processor] = max(self._answered_sent_at[processor], sent_at)
         self.metrics.answered(processor, outcome, elapsed_us)
         self._record_delay(processor, now, elapsed_us // 1000)  # how long this processor takes now
         if send.generation != self._generation[send.entry]:
@@ -282,7 +291,7 @@ class Outbox:
         index = send.entry
         entry = self._entries[index]
         if outcome is Outcome.STORED:
-            self._set_breaker(processor, breaker.succeeded)
+            self._succeeded(processor, now)
             self._latencies[processor].append(elapsed_us // 1000)
             self._confirm(index, processor, send.requested_at, send.amount_cents, now)
         elif outcome is Outcome.FAILED:
@@ -294,7 +303,7 @@ class Outbox:
                 entry["state"] = QUEUED  # nothing was stored: free to go anywhere
                 self._schedule(index, now + RETRY_BACKOFF_US)
         elif outcome is Outcome.DUPLICATE:
-            self._set_breaker(processor, breaker.succeeded)  # it answered, and it has the payment
+            self._succeeded(processor, now)  # it answered, and it has the payment
             entry["state"] = UNRESOLVED
             self._schedule(index, now)  # a lookup tells what it stored
         elif outcome is Outcome.REJECTED:
@@ -338,11 +347,13 @@ class Outbox:
         row = self._health[processor]
         if report.min_response_ms != self._announced_ms[processor]:
             self._recent[processor].clear()  # its delay changed: answers from before say nothing now
+        if asked_at >= self._closed_at[processor]:
+            self._closed_at[processor] = 0  # asked since it closed: the announcement holds again
         self._record_delay(processor, now, report.min_response_ms)  # the evidence before the claim it backs
         row["min_response_ms"] = self._announced_ms[processor] = report.min_response_ms
         row["failing"] = int(report.failing)
         row["polled_at"] = asked_at
-        self._set_breaker(processor, breaker.reported, report.failing, now)
+        self._set_breaker(processor, breaker.reported, report.failing, now, report.min_response_ms)
 
     def pending_purges(self, now: int) -> list[int]:
         """Slots whose purge ticket waits to be carried out (and may still be)."""
@@ -373,9 +384,9 @@ class Outbox:
         """When :meth:`poll` will have something to do without another event; None: never."""
         due = self._timers[0][0] if self._timers else None
         if self._ready:
-            change = routing.next_change(tuple(self._breakers), now, self.policy, tuple(self._slow_since))
-            if change is not None and (due is None or change < due):
-                due = change
+            changes = [routing.next_change(tuple(self._breakers), now, self.policy, tuple(self._slow_since)),
+                       *(self._latency_changes_at(processor, now) for processor in (DEFAULT, FALLBACK))]
+            due = min((at for at in (due, *changes) if at is not None), default=None)
         return due
 
     def waiting(self) -> set[int]:
@@ -391,15 +402,44 @@ class Outbox:
     def latency_ms(self, processor: int, now: int) -> int:
         """What an answer from ``processor`` takes now, as far as is known.
 
-        The largest of: the delay it announces, the median of its recent
-        answers, and the age of its oldest payment out (a processor that
-        became slow says so by not answering, long before its answers come).
+        The largest of: the delay it announces (unless that is older than its
+        recovery), the median of its recent answers, and the age of its oldest
+        payment out (a processor that became slow says so by not answering,
+        long before its answers come).
         """
+        announced = 0 if self._closed_at[processor] else self._announced_ms[processor]
+        return max(announced, self._answering_ms(processor, now), self._waiting_ms(processor, now))
+
+    def is_late(self, processor: int, now: int) -> bool:
+        """routing.late: it keeps a payment waiting longer than its recent answers took."""
+        return routing.late(self._answering_ms(processor, now), self._waiting_ms(processor, now))
+
+    def _answering_ms(self, processor: int, now: int) -> int:
+        """The median of the processor's answers of the last seconds; 0 if none."""
         recent = sorted(ms for at, ms in self._recent[processor] if now - at <= RECENT_US)
-        answered = recent[len(recent) // 2] if recent else 0
-        out = self._out[processor]
-        waiting = (now - next(iter(out.values()))) // 1000 if out else 0
-        return max(self._announced_ms[processor], answered, waiting)
+        return recent[len(recent) // 2] if recent else 0
+
+    def _waiting_ms(self, processor: int, now: int) -> int:
+        """How long the processor has kept us waiting: the age of its oldest payment out that was
+        sent after the latest one it answered (a straggler, overtaken by later answers, is not a
+        slow processor; a processor whose delay jumped answers nothing sent since)."""
+        waiting_since = self._waiting_since(processor)
+        return (now - waiting_since) // 1000 if waiting_since else 0
+
+    def _waiting_since(self, processor: int) -> int:
+        answered = self._answered_sent_at[processor]
+        # Payments out are in the order they were sent: only the stragglers are skipped.
+        return next((sent_at for sent_at in self._out[processor].values() if sent_at > answered), 0)
+
+    def _latency_changes_at(self, processor: int, now: int) -> int | None:
+        """When waiting makes the processor late, or slow, with no event meanwhile."""
+        waiting_since = self._waiting_since(processor)
+        if not waiting_since:
+            return None
+        late_ms = self._answering_ms(processor, now) * 3 // 2 + routing.LATE_MARGIN_MS
+        moments = [waiting_since + (limit_ms + 1) * 1000 for limit_ms in (late_ms, self.policy.latency_limit_ms)]
+        later = [at for at in moments if at > now]
+        return min(later) if later else None
 
     def _send_ready(self, now: int, actions: list[Action]) -> None:
         announced = self._announced_ms
@@ -410,9 +450,10 @@ class Outbox:
             elif not self._slow_since[processor]:
                 self._slow_since[processor] = now
         slow_since = tuple(self._slow_since)
+        is_late = (self.is_late(DEFAULT, now), self.is_late(FALLBACK, now))
         while self._ready:
             choice = routing.choose(tuple(self._breakers), latencies, tuple(self.in_flight), now, self.policy,
-                                    slow_since)
+                                    slow_since, is_late)
             if choice is None:
                 return
             processor = choice.processor
@@ -471,6 +512,16 @@ class Outbox:
         """A new generation for the entry: whatever was pending for it before is void."""
         self._generation[index] += 1
         return self._generation[index]
+
+    def _succeeded(self, processor: int, now: int) -> None:
+        """A payment went through. After an outage, what was learnt during it is stale: its slow
+        answers and announced delay stop counting, and the other processor, if down, is probed
+        at once (the processors' conditions often change together)."""
+        if self._breakers[processor].state != breaker.CLOSED:
+            self._recent[processor].clear()
+            self._closed_at[processor] = now
+            self._set_breaker(1 - processor, breaker.reprobe, now)
+        self._set_breaker(processor, breaker.succeeded)
 
     def _set_breaker(self, processor: int, transition, *args) -> None:
         before = self._breakers[processor]

@@ -43,8 +43,30 @@ end of a long delay is inside the consistency probe's window before bruto
 has its answer (docs/DISPATCHER.md): the limit stays below the shortest
 offset of the probe (1.5 s) by more than an answer's round trip.
 
+## Late: a delay that changed is not known yet
+
+A processor keeps the delay in force when a request arrived, and its health
+report comes every 5 s at best: when its delay jumps (from 100 ms to 2 s,
+say), bruto learns it only from answers that do not come. Every payment sent
+meanwhile is stored at the end of the new delay, inside the consistency
+probe's window before bruto has its answer. So a processor whose oldest
+payment out has waited half again as long as its recent answers took (plus
+:data:`LATE_MARGIN_MS`) is *late*: it takes nothing new, as when it is busy,
+until its answers or its health report say what its delay now is, or it has
+been slow for long enough that fallback takes over (the patience). What may
+still be sent into a jump is what goes out in 1.5 times one answer's time.
+
+## After an outage
+
+What was learnt during an outage is stale once a payment goes through again:
+the outbox then forgets that processor's slow answers (its last probe took
+the outage's delay) and the delay announced during it, until a health call
+asked after the recovery, and probes the other processor at once if it is
+down too (the processors' conditions often change together).
+
 Both down: everything waits. Nothing is ever sent to a processor whose breaker
-is open except one probe payment at a time.
+is open except one probe payment at a time (and a second when news of a
+recovery comes while the first is stale: ``breaker.reprobe``).
 """
 
 from __future__ import annotations
@@ -76,6 +98,11 @@ TIMEOUT_FLOOR_S = 7.0
 # docstring): below the consistency probe's shortest offset, with room for
 # the answer's way back and the dispatcher's own delays.
 LATENCY_LIMIT_MS = 1_200
+# A processor is late when its oldest payment out has waited more than half
+# again what its answers take, plus this margin (for the answers' own jitter):
+# it no longer answers as it did, so its delay has changed, and bruto sends it
+# nothing new until it knows what the delay is (module docstring).
+LATE_MARGIN_MS = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +146,16 @@ def in_flight_limit(expected_latency_ms: int, policy: Policy) -> int:
     return max(MIN_IN_FLIGHT, min(policy.max_in_flight, wanted))
 
 
-def may_send(state: Breaker, expected_latency_ms: int, in_flight: int, policy: Policy) -> bool:
+def late(answering_ms: int, oldest_out_ms: int) -> bool:
+    """Whether the oldest payment out has waited longer than the processor's answers suggest."""
+    return oldest_out_ms > answering_ms * 3 // 2 + LATE_MARGIN_MS
+
+
+def may_send(state: Breaker, expected_latency_ms: int, in_flight: int, policy: Policy,
+             is_late: bool = False) -> bool:
     """Whether one more payment may go to this processor now (probes aside)."""
     if state.state == breaker.CLOSED:
-        return (expected_latency_ms <= policy.latency_limit_ms
+        return (not is_late and expected_latency_ms <= policy.latency_limit_ms
                 and in_flight < in_flight_limit(expected_latency_ms, policy))
     if state.state == breaker.HALF_OPEN:
         return in_flight == 0  # the single probe
@@ -137,15 +170,17 @@ def down_since(state: Breaker, slow_since: int) -> int:
 
 
 def choose(breakers: tuple[Breaker, Breaker], latencies_ms: tuple[int, int], in_flight: tuple[int, int],
-           now: int, policy: Policy, slow_since: tuple[int, int] = (0, 0)) -> Choice | None:
+           now: int, policy: Policy, slow_since: tuple[int, int] = (0, 0),
+           is_late: tuple[bool, bool] = (False, False)) -> Choice | None:
     """The processor for the next new attempt, or None to hold it for now.
 
     Args:
         breakers: the breakers of (default, fallback).
-        latencies_ms: what an answer takes now at each (see ``expected_latency_ms``).
+        latencies_ms: what an answer takes now at each (see ``Outbox.latency_ms``).
         in_flight: payments in flight to (default, fallback).
         now: epoch microseconds.
         slow_since: since when each has been slower than the policy's limit (0: it is not).
+        is_late: whether each is :func:`late`: it takes nothing new, as when busy.
 
     Returns:
         A :class:`Choice`; when it is a probe, the caller records
@@ -153,9 +188,11 @@ def choose(breakers: tuple[Breaker, Breaker], latencies_ms: tuple[int, int], in_
     """
     for processor in (DEFAULT, FALLBACK):
         state = breakers[processor]
-        if breaker.may_probe(state, now) and in_flight[processor] == 0:
+        # A probe waits for the payments still out to answer, unless there is news of a
+        # recovery (a probe at once: breaker.reprobe), which they went out before.
+        if breaker.may_probe(state, now) and (in_flight[processor] == 0 or state.probe_at == 0):
             return Choice(processor, probe=True)
-        if may_send(state, latencies_ms[processor], in_flight[processor], policy):
+        if may_send(state, latencies_ms[processor], in_flight[processor], policy, is_late[processor]):
             return Choice(processor)
         since = down_since(state, slow_since[processor])
         if processor == DEFAULT and (not since or now - since < policy.patience_us):

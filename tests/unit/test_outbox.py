@@ -446,16 +446,63 @@ def test_a_default_that_stops_answering_is_slow_before_any_answer_says_so():
     [first] = world.step()
     assert first.processor == DEFAULT
     world.accept()
-    [second] = world.step(1.0)  # the first is 1 s out: within the limit
+    [second] = world.step(0.04)  # the first is 40 ms out: as expected
     assert second.processor == DEFAULT
-    assert world.outbox.latency_ms(DEFAULT, world.now) == 1_000
     world.accept()
+    # 1 s out: late (no answer has taken that long), so nothing new goes to default, but
+    # within the latency limit it is not down: fallback gets nothing, no patience runs.
+    assert world.step(0.96) == []
+    assert world.outbox.is_late(DEFAULT, world.now)
+    assert world.outbox.latency_ms(DEFAULT, world.now) == 1_000
+    assert world.outbox.wake_at(world.now) == T0 + 1_201_000  # when it becomes slow
     assert world.step(0.3) == []  # 1.3 s out: default is slow; the payment waits out the patience
     assert world.outbox.wake_at(world.now) == world.now + 3 * S
     [third] = world.step(3.0)
     assert third.processor == FALLBACK
     world.outbox.attempt_done(first, Outcome.STORED, world.now, int(4.3 * S))
-    world.outbox.attempt_done(second, Outcome.STORED, world.now, int(3.3 * S))
-    assert world.outbox.latency_ms(DEFAULT, world.now) >= 3_300  # its answers say so too
+    world.outbox.attempt_done(second, Outcome.STORED, world.now, int(4.26 * S))
+    assert world.outbox.latency_ms(DEFAULT, world.now) >= 4_260  # its answers say so too
     world.step(5.1)
     assert world.outbox.latency_ms(DEFAULT, world.now) == 0  # answers that old say nothing: try default again
+
+
+def test_a_straggler_among_answers_does_not_make_default_late():
+    world = World()
+    world.accept()
+    [stuck] = world.step()
+    for _ in range(30):  # default keeps answering the others in 10 ms
+        world.accept()
+        [quick] = world.step(0.01)
+        assert quick.processor == DEFAULT
+        world.step(0.01)
+        world.outbox.attempt_done(quick, Outcome.STORED, world.now, 10_000)
+    assert world.now - T0 == int(0.6 * S)  # the first payment has been out for 0.6 s
+    assert world.outbox.latency_ms(DEFAULT, world.now) < 50
+    assert not world.outbox.is_late(DEFAULT, world.now)
+    world.outbox.attempt_done(stuck, Outcome.STORED, world.now, world.now - T0)
+
+
+def test_after_an_outage_what_was_learnt_during_it_stops_counting():
+    """Default recovers with its last probe, which took the outage's 2 s: neither that answer nor
+    the delay announced during the outage makes it look slow, and fallback is probed at once."""
+    world = World()
+    world.outbox.policy = routing.Policy(patience_us=S // 2)
+    world.announce(DEFAULT, 2_000, failing=True)
+    world.announce(FALLBACK, 1_000, failing=True)
+    world.accept()
+    world.accept()
+    probe, fallback_probe = world.step(1.0)  # both down, past the patience: each probed
+    assert (probe.processor, fallback_probe.processor) == (DEFAULT, FALLBACK)
+    world.step(2.0)
+    world.outbox.attempt_done(probe, Outcome.STORED, world.now, 2 * S)  # stored: the outage is over
+    assert world.outbox._breakers[DEFAULT].state == breaker.CLOSED
+    assert world.outbox.latency_ms(DEFAULT, world.now) == 0  # not the probe's 2 s, not the announced 2 s
+    # Fallback's probe has been out for 2 s: a new one may go at once, rather than when it answers.
+    assert world.outbox._breakers[FALLBACK].state == breaker.OPEN
+    assert breaker.may_probe(world.outbox._breakers[FALLBACK], world.now)
+    world.accept()
+    [payment] = world.step(0.001)
+    assert payment.processor == DEFAULT
+    # A health call asked after the recovery counts again.
+    world.announce(DEFAULT, 1_500)
+    assert world.outbox.latency_ms(DEFAULT, world.now) == 1_500

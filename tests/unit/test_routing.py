@@ -41,7 +41,11 @@ def test_a_few_failures_are_noise_but_a_run_of_them_opens_the_breaker():
 def test_an_open_breaker_lets_exactly_one_probe_through_per_interval():
     default = failed(UP, breaker.THRESHOLD, 10 * S)
     later = 10 * S + breaker.PROBE_INTERVAL_US
+    assert routing.choose((default, UP), FAST, (0, 0), later - 1, POLICY) is None  # not due yet
     assert routing.choose((default, UP), FAST, (1, 0), later, POLICY) is None  # a payment still out
+    # News of a recovery (breaker.reprobe) probes at once, whatever went out before it.
+    assert routing.choose((breaker.reprobe(default, later), UP), FAST, (3, 0), later,
+                          POLICY) == Choice(DEFAULT, probe=True)
     assert routing.choose((default, UP), FAST, (0, 0), later, POLICY) == Choice(DEFAULT, probe=True)
     default = breaker.probing(default, later)
     assert default.state == breaker.HALF_OPEN
@@ -144,6 +148,34 @@ def test_a_default_slower_than_the_limit_is_down_from_when_it_became_slow():
 
 def test_a_slow_fallback_is_not_used_either():
     policy = routing.Policy.from_terms(0.07, 0.10, 90)
-    default = failed(UP, breaker.THRESHOLD, 10 * S)
+    default = breaker.probing(failed(UP, breaker.THRESHOLD, 10 * S), 59 * S)  # its probe is out
     latencies = (0, policy.latency_limit_ms + 1)
     assert routing.choose((default, UP), latencies, (1, 0), 60 * S, policy, (0, 10 * S)) is None
+
+
+def test_a_late_processor_takes_nothing_new_but_is_not_down():
+    answering, limit = 100, 100 * 3 // 2 + routing.LATE_MARGIN_MS
+    assert not routing.late(answering, limit)
+    assert routing.late(answering, limit + 1)
+    assert routing.late(0, routing.LATE_MARGIN_MS + 1)  # no answers yet: a few tens of ms is late
+    # Late default: held (up, so no patience clock runs and fallback gets nothing) ...
+    assert routing.choose((UP, UP), (200, 0), (5, 0), 10 * S, POLICY, is_late=(True, False)) is None
+    # ... and a late fallback takes nothing either, while default is down past the patience.
+    default = failed(UP, breaker.THRESHOLD, 10 * S)
+    assert routing.choose((breaker.probing(default, 50 * S), UP), (0, 200), (1, 5), 50 * S, POLICY,
+                          is_late=(False, True)) is None
+    assert routing.choose((breaker.probing(default, 50 * S), UP), (0, 200), (1, 5), 50 * S,
+                          POLICY) == Choice(FALLBACK)
+
+
+def test_news_of_a_recovery_replaces_a_stale_probe_never_a_fresh_one():
+    opened = failed(UP, breaker.THRESHOLD, 10 * S)
+    probing = breaker.probing(opened, 11 * S)
+    # The probe went out under a 2-s delay; health now says 20 ms and not failing.
+    assert breaker.reported(probing, False, 11 * S + 100_000, 20) == probing  # out 100 ms: wait for it
+    again = breaker.reported(probing, False, 11 * S + 300_000, 20)
+    assert again.state == breaker.OPEN and breaker.may_probe(again, 11 * S + 300_000)
+    assert again.down_since == opened.down_since  # the outage clock does not restart
+    assert breaker.reported(probing, True, 13 * S, 20) == probing  # still failing: nothing new
+    assert breaker.reprobe(UP, 13 * S) == UP  # never closes, never opens
+    assert breaker.may_probe(breaker.reprobe(opened, 10 * S + 1), 10 * S + 1)

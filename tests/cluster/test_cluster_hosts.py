@@ -19,6 +19,8 @@ from gateway import Gateway
 from gateway import iso
 
 from bruto.cluster.counters import read_cluster
+from bruto.inspector import table
+from bruto.shm.snapshot import read
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -103,6 +105,12 @@ def test_alternated_and_shared_payments_give_one_summary_and_are_stored_once(two
     # Each shared id reached both hosts: one claimed it, the other dropped it.
     assert sum(c["cross_host_duplicates"] for c in counted) == 100
     assert sum(c["claimed"] for c in counted) == 400 and all(c["unpublished"] == 0 for c in counted)
+    scraped = [host.http.get(host.url + "/metrics", timeout=10).text for host in two_hosts]
+    assert all('bruto_cluster_database_up 1.0' in text for text in scraped)
+    dropped = [float(line.split()[-1]) for text in scraped for line in text.splitlines()
+               if line.startswith('bruto_cluster_claimed_payments_total{result="other_host"}')]
+    assert sum(dropped) == 100
+    assert "cluster: database up; claimed" in table(read(a.env["BRUTO_SHM_DIR"]))  # bruto-shm
     window = {"from_": iso(time.time() - 60), "to": iso(time.time())}
     assert a.summary(**window) == b.summary(**window) == {
         name: {"totalRequests": s["totalRequests"], "totalAmount": round(s["totalAmount"], 2)}

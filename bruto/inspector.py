@@ -86,7 +86,8 @@ def table(snap: dict) -> str:
             + _attempts(p))
     c = snap.get("cluster")
     if c is not None:
-        lines.append(f"cluster: database {'up' if c['db_up'] else 'DOWN'}; claimed {c['claimed']} new, "
+        lines.append(f"cluster: database {'up' if c['db_up'] else 'DOWN'}"
+                     f"{', polls service-health' if c['poller'] else ''}; claimed {c['claimed']} new, "
                      f"{c['resumed']} resumed, {c['cross_host_duplicates']} dropped (another host's); "
                      f"{c['unpublished']} unpublished; errors: claim {c['claim_errors']}, "
                      f"publish {c['publish_errors']}")

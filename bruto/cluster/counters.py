@@ -3,7 +3,8 @@
 Only a dispatcher with ``BRUTO_DATABASE_URL`` creates and writes it (one
 writer, as every region); the metrics endpoint and the inspector read it when
 it exists. Counts only grow, but ``unpublished`` (confirmations in the ledger
-not yet in PostgreSQL) and ``db_up`` (1 while the last statement succeeded).
+not yet in PostgreSQL), ``db_up`` (1 while the last statement succeeded) and
+``poller`` (1 while this host polls service-health for the cluster).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ CLUSTER = Layout(
         ("publish_errors", "<i8"),
         ("unpublished", "<i8"),            # gauge: ledger records not yet published
         ("db_up", "<i8"),                  # gauge: 1 while the last statement succeeded
+        ("poller", "<i8"),                 # gauge: 1 while this host polls service-health for the cluster
     ]),
     record=np.dtype([("unused", "<i8")]),
 )

@@ -154,6 +154,25 @@ class Database:
 
         return self._run(work)
 
+    def report_health(self, processor: int, failing: bool, min_response_ms: int, asked_at: int) -> None:
+        """Keep a service-health report for every host (the poller's); an older one never replaces a newer."""
+        def work(conn):
+            conn.execute("INSERT INTO bruto_health (processor, failing, min_response_ms, asked_at, host_id) "
+                         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (processor) DO UPDATE SET "
+                         "failing = excluded.failing, min_response_ms = excluded.min_response_ms, "
+                         "asked_at = excluded.asked_at, host_id = excluded.host_id "
+                         "WHERE bruto_health.asked_at < excluded.asked_at",
+                         (processor, failing, min(min_response_ms, 2**31 - 1), asked_at, self.host))
+
+        self._run(work)
+
+    def health_reports(self) -> list[tuple[int, bool, int, int]]:
+        """The last report of each processor: (processor, failing, min_response_ms, asked_at)."""
+        def work(conn):
+            return conn.execute("SELECT processor, failing, min_response_ms, asked_at FROM bruto_health").fetchall()
+
+        return self._run(work)
+
     def summary(self, since: int | None, until: int | None) -> tuple[int, list[int], list[int]]:
         """(this host's position, requests per processor, cents per processor) in [since, until], inclusive."""
         params = {"host": self.host, "since": EARLIEST if since is None else since,

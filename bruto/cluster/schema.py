@@ -40,6 +40,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         -- GET /payments-summary: a window of requested_at, answered from the index alone.
         CREATE INDEX bruto_payments_by_time ON bruto_payments (requested_at) INCLUDE (processor, amount_cents);
     """),
+    (2, """
+        -- The last service-health report of each processor, written by the one host that polls
+        -- (bruto.cluster.health), read by the others.
+        CREATE TABLE bruto_health (
+            processor       smallint PRIMARY KEY CHECK (processor IN (0, 1)),
+            failing         boolean NOT NULL,
+            min_response_ms integer NOT NULL,
+            asked_at        bigint NOT NULL,  -- epoch microseconds: when the call behind the report was made
+            host_id         uuid NOT NULL
+        );
+    """),
 )
 
 LATEST = MIGRATIONS[-1][0]

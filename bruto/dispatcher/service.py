@@ -70,9 +70,12 @@ class Dispatcher:
         self.cluster = None
         if settings.database_url:
             # Only with a URL: it imports psycopg (after gevent's patch, in __main__).
+            from bruto.cluster.health import ClusterHealth
             from bruto.cluster.link import ClusterLink
 
             self.cluster = ClusterLink(settings, self.regions.ledger)
+            self.cluster_health = ClusterHealth(settings.database_url, self.cluster.db, self.regions.health.records,
+                                                self._health_reported, self.cluster.counters)
         self._claims_due = gevent.event.Event()
         self.outbox = Outbox(self.regions, policy, claiming=self.cluster is not None)
         if clients is None:
@@ -80,7 +83,7 @@ class Dispatcher:
             clients = (ProcessorClient(settings.default_url, session),
                        ProcessorClient(settings.fallback_url, session))
         self.clients = clients
-        self.poller = HealthPoller(clients, self.regions.health.records, self._health_reported, self.outbox.metrics)
+        self.poller = HealthPoller(clients, self.regions.health.records, self._polled, self.outbox.metrics)
         self._purge_lock_path = purge_lock_path(settings)
 
     def recover(self) -> None:
@@ -88,8 +91,11 @@ class Dispatcher:
         self.outbox.stats["dispatcher_pid"] = os.getpid()
 
     def run(self) -> None:
-        gevent.spawn(self.poller.run)
-        if self.cluster is not None:
+        if self.cluster is None:
+            gevent.spawn(self.poller.run)
+        else:
+            gevent.spawn(self.poller.run, self.cluster_health.may_poll)  # one poller per cluster
+            gevent.spawn(self.cluster_health.run)
             gevent.spawn(self.cluster.run_publisher)
             gevent.spawn(self._claim)
         while True:
@@ -151,6 +157,12 @@ class Dispatcher:
                 self._claims_due.set()
             elif self.outbox.to_claim(1):  # more than a batch, or more drained meanwhile
                 self._claims_due.set()
+
+    def _polled(self, processor: int, report, asked_at: int, now: int) -> None:
+        """A report of this host's own poll: folded in, and shared with the cluster's other hosts."""
+        self._health_reported(processor, report, asked_at, now)
+        if self.cluster is not None:
+            self.cluster_health.report(processor, report, asked_at)
 
     def _health_reported(self, processor: int, report, asked_at: int, now: int) -> None:
         self._feed(self.outbox.health_reported, processor, report, asked_at, now)

@@ -91,6 +91,8 @@ def _cluster(c: dict):
     yield _gauge("bruto_cluster_unpublished_payments",
                  "Confirmations in this host's ledger not yet in the cluster's record (publication lag).",
                  value=c["unpublished"])
+    yield _gauge("bruto_cluster_health_poller", "1 while this host polls service-health for the whole cluster.",
+                 value=c["poller"])
     yield _gauge("bruto_cluster_database_up", "1 while this host's last statement to the database succeeded.",
                  value=c["db_up"])
 

@@ -110,7 +110,7 @@ def test_alternated_and_shared_payments_give_one_summary_and_are_stored_once(two
     dropped = [float(line.split()[-1]) for text in scraped for line in text.splitlines()
                if line.startswith('bruto_cluster_claimed_payments_total{result="other_host"}')]
     assert sum(dropped) == 100
-    assert "cluster: database up; claimed" in table(read(a.env["BRUTO_SHM_DIR"]))  # bruto-shm
+    assert "cluster: database up" in table(read(a.env["BRUTO_SHM_DIR"]))  # bruto-shm
     window = {"from_": iso(time.time() - 60), "to": iso(time.time())}
     assert a.summary(**window) == b.summary(**window) == {
         name: {"totalRequests": s["totalRequests"], "totalAmount": round(s["totalAmount"], 2)}
@@ -176,3 +176,37 @@ def test_a_dispatcher_killed_under_load_is_replaced_and_nothing_is_lost_or_doubl
     wait_converged(two_hosts, clean_processors, 1500, timeout=90)
     assert stored(clean_processors) == 1500
     assert_each_stored_once(clean_processors, load.ids)
+
+
+def health_polls(host) -> dict:
+    snap = read(host.env["BRUTO_SHM_DIR"])
+    return {result: sum(p["health_polls"][result] for p in snap["processors"].values())
+            for result in ("ok", "rate_limited")}
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.2)
+
+
+def test_one_host_polls_service_health_for_both_and_another_takes_over_when_it_dies(two_hosts):
+    def pollers():
+        return [host for host in two_hosts if (read_cluster(host.env["BRUTO_SHM_DIR"]) or {}).get("poller")]
+
+    wait_for(lambda: len(pollers()) == 1, 10, "one poller elected")
+    [leader] = pollers()
+    [follower] = [host for host in two_hosts if host is not leader]
+    time.sleep(11)  # two windows of 5 s at least
+    assert health_polls(leader)["ok"] >= 4 and health_polls(follower) == {"ok": 0, "rate_limited": 0}
+    assert health_polls(leader)["rate_limited"] == 0
+    # The follower knows what the leader's polls said, as if it had polled.
+    followed = read(follower.env["BRUTO_SHM_DIR"])["processors"]["default"]["health"]["polled_at"]
+    assert followed > 0
+    os.kill(leader.dispatchers[0].pid, signal.SIGKILL)
+    leader.dispatchers[0].wait()
+    # (the dead dispatcher's counters stay as it left them: its host's bruto_dispatcher_up says 0)
+    wait_for(lambda: follower in pollers() and health_polls(follower)["ok"] >= 2, 20, "the follower took over")
+    assert health_polls(follower)["rate_limited"] == 0  # it waited out the window the dead poller opened

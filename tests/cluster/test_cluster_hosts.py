@@ -143,12 +143,14 @@ class Load:
         return len(self.statuses)
 
 
-def test_postgres_stopped_for_5_s_under_load_nothing_is_lost_or_doubled(two_hosts, clean_processors, postgres):
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_postgres_stopped_for_5_s_under_load_nothing_is_lost_or_doubled(two_hosts, clean_processors, postgres, mode):
+    """Stopped cleanly, or with -m immediate (a crash: recovery replays its WAL at the start)."""
     a, b = two_hosts
     with Load(two_hosts, 1500) as load:
         while load.sent() < 300:
             time.sleep(0.05)
-        postgres.stop("fast")
+        postgres.stop(mode)
         time.sleep(1.0)  # what was claimed before the stop is sent by now
         before = stored(clean_processors)
         answer = a.http.get(a.url + "/payments-summary", timeout=10)

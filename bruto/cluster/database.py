@@ -173,6 +173,34 @@ class Database:
 
         return self._run(work)
 
+    def purge(self, slot: int, ticket: int, kept_from: int, held: list[bytes]) -> bool:
+        """Empty the cluster's record for this host's purge ``(slot, ticket)``; False if it was done before.
+
+        In one transaction: every confirmation goes; the claims of confirmed
+        payments go, and this host's claims but those of the ids it still
+        holds (``held``: out to a processor, or accepted after the purge was
+        asked); other hosts' claims of payments they have not confirmed stay,
+        so no id they hold can be claimed twice; this host publishes its
+        ledger again from ``kept_from`` (what it confirmed after the request).
+        """
+        params = {"host": self.host, "slot": slot, "ticket": ticket, "kept_from": kept_from,
+                  "held": [uuid.UUID(bytes=raw) for raw in held]}
+
+        def work(conn):
+            with conn.transaction():
+                if conn.execute("INSERT INTO bruto_purges (host_id, slot, ticket) VALUES (%(host)s, %(slot)s, "
+                                "%(ticket)s) ON CONFLICT DO NOTHING RETURNING 1", params).fetchone() is None:
+                    return False
+                conn.execute("DELETE FROM bruto_claims c USING bruto_payments p "
+                             "WHERE c.correlation_id = p.correlation_id AND c.host_id <> %(host)s", params)
+                conn.execute("DELETE FROM bruto_claims WHERE host_id = %(host)s "
+                             "AND NOT (correlation_id = ANY(%(held)s::uuid[]))", params)
+                conn.execute("DELETE FROM bruto_payments")
+                conn.execute("UPDATE bruto_hosts SET published = %(kept_from)s WHERE host_id = %(host)s", params)
+            return True
+
+        return self._run(work)
+
     def summary(self, since: int | None, until: int | None) -> tuple[int, list[int], list[int]]:
         """(this host's position, requests per processor, cents per processor) in [since, until], inclusive."""
         params = {"host": self.host, "since": EARLIEST if since is None else since,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 
 import gevent
+import gevent.lock
 import numpy as np
 
 from bruto.cluster.counters import open_cluster
@@ -58,6 +59,9 @@ class ClusterLink:
         self._ledger = ledger
         self._position: int | None = None
         self._said_down = False
+        # Publication and a purge of the cluster's record take turns: rows a
+        # publication read before a purge must not be inserted after it.
+        self._record = gevent.lock.Semaphore()
         self.claims_failing = False  # the last claim found no database: the caller waits retry_s
         self.retry_s = RETRY_S
 
@@ -96,6 +100,10 @@ class ClusterLink:
 
     def publish_once(self) -> int:
         """Publish the next confirmations of the ledger (at most PUBLISH_BATCH); returns how many."""
+        with self._record:
+            return self._publish_once()
+
+    def _publish_once(self) -> int:
         if self._position is None:
             self._position = self.db.published()
         counters = self._ledger.counters
@@ -119,6 +127,24 @@ class ClusterLink:
         self._position = last
         self.counters["unpublished"] = count - last
         return last - first
+
+    # -- purges ------------------------------------------------------------------
+
+    def purge(self, outbox) -> bool:
+        """Carry out the cluster's part of the purges the outbox carried out here; False: the database
+        could not be reached, and they wait (the purge is committed: it ends when it is back)."""
+        for slot, ticket, kept_from, held in outbox.cluster_purges():
+            try:
+                with self._record:
+                    self.db.purge(slot, ticket, kept_from, held)
+                    self._position = kept_from  # what was confirmed after the request is published again
+            except Unavailable as error:
+                self._down("purge", error)
+                return False
+            self._up()
+            outbox.cluster_purged(slot, ticket)
+            log.info("purged the cluster's record (intake slot %d, ticket %d)", slot, ticket)
+        return True
 
     def run_publisher(self) -> None:
         """The publisher's greenlet: forever, every PUBLISH_INTERVAL_S (at once while there is more)."""

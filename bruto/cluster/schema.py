@@ -51,6 +51,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             host_id         uuid NOT NULL
         );
     """),
+    (3, """
+        -- Purges carried out in the cluster's record: one row per purge ticket of a host's intake
+        -- slot, so a host that carries a purge out again after a crash does it once.
+        CREATE TABLE bruto_purges (
+            host_id   uuid NOT NULL,
+            slot      integer NOT NULL,
+            ticket    bigint NOT NULL,
+            purged_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (host_id, slot, ticket)
+        );
+    """),
 )
 
 LATEST = MIGRATIONS[-1][0]

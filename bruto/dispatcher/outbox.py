@@ -141,6 +141,7 @@ class Outbox:
         self._entries = regions.outbox.records
         self._in_use = regions.outbox.counters
         self._ledger = LedgerWriter(regions.ledger)
+        self._ledger_ids = regions.ledger.columns["correlation_id"]
         self._health = regions.health.records
         self._rejected = RejectedWriter(regions.rejected)
         self._dedup = DedupIndex(regions.ledger.columns["correlation_id"], self._entries["correlation_id"],
@@ -149,6 +150,7 @@ class Outbox:
         self._free: list[int] = []
         self._ready: collections.deque[int] = collections.deque()
         self._unclaimed: list[int] = []  # queued, not yet claimed (only while claiming), oldest first
+        self._cluster_purges: set[int] = set()  # slots whose purge waits for the cluster's record (claiming)
         self._timers: list[tuple[int, int, int]] = []  # heap of (due, entry, generation)
         self._latencies = tuple(collections.deque(maxlen=LATENCY_SAMPLES) for _ in PROCESSOR_NAMES)
         # (answered at, ms) of the last answers, and the send time of each
@@ -256,6 +258,28 @@ class Outbox:
                 self._release(index, forget=True)
                 dropped += 1
         return dropped
+
+    def cluster_purges(self) -> list[tuple[int, int, int, list[bytes]]]:
+        """Purges carried out here whose cluster part is pending (claiming only): (slot, ticket, the
+        ledger index the purge kept from, every id this host still holds: its claims must stay)."""
+        if not self._cluster_purges:
+            return []
+        held = [self._entries[int(i)]["correlation_id"].tobytes() for i in np.flatnonzero(self._entries["state"] != FREE)]
+        ids = self._ledger_ids
+        for part in self._ledger.retained():
+            held.extend(raw.tobytes() for raw in ids[part])
+        below = int(self._dispatch["purge_ledger_below"])
+        return [(slot, int(self._cursors[slot]["purge_claimed"]), below, held) for slot in sorted(self._cluster_purges)]
+
+    @property
+    def cluster_purge_pending(self) -> bool:
+        return bool(self._cluster_purges)
+
+    def cluster_purged(self, slot: int, ticket: int) -> None:
+        """The cluster's part of the purge of ``slot`` is done: now the purge is."""
+        if slot in self._cluster_purges and int(self._cursors[slot]["purge_claimed"]) == ticket:
+            self._cluster_purges.discard(slot)
+            self._purge_done(slot)
 
     def poll(self, now: int) -> list[Action]:
         """Time passed: what is due now (sends, lookups)."""
@@ -617,6 +641,14 @@ class Outbox:
         # free entry until it is reused, and GET /payments/{id} reads it there.
         self._entries["purged"][purged] = 1
         states[purged & (states == QUEUED)] = FREE
+        if self.claiming:
+            # Many hosts: done once the cluster's record is purged too (the
+            # shell carries that out, then calls cluster_purged).
+            self._cluster_purges.add(slot)
+            return
+        self._purge_done(slot)
+
+    def _purge_done(self, slot: int) -> None:
         finished = int(self._cursors[slot]["purges_done"]) < int(self._cursors[slot]["purge_claimed"])
         self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]
         if finished:  # counted once, even when a crash made recovery finish it again

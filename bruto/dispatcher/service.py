@@ -77,6 +77,7 @@ class Dispatcher:
             self.cluster_health = ClusterHealth(settings.database_url, self.cluster.db, self.regions.health.records,
                                                 self._health_reported, self.cluster.counters)
         self._claims_due = gevent.event.Event()
+        self._cluster_purge_due = gevent.event.Event()
         self.outbox = Outbox(self.regions, policy, claiming=self.cluster is not None)
         if clients is None:
             session = make_session(settings.senders + 8)
@@ -98,6 +99,7 @@ class Dispatcher:
             gevent.spawn(self.cluster_health.run)
             gevent.spawn(self.cluster.run_publisher)
             gevent.spawn(self._claim)
+            gevent.spawn(self._purge_cluster)
         while True:
             self.step()
             now = now_us()
@@ -112,6 +114,8 @@ class Dispatcher:
             with purge_lock(self._purge_lock_path, wait=False) as held:
                 if held:
                     self.outbox.purge(slot, now_us())
+        if self.cluster is not None and self.outbox.cluster_purge_pending:
+            self._cluster_purge_due.set()  # many hosts: the cluster's record too (self._purge_cluster)
         self.outbox.drain(now)
         if self.cluster is not None and self.outbox.to_claim(1):
             self._claims_due.set()  # only claimed payments go on to be sent (self._claim)
@@ -163,6 +167,16 @@ class Dispatcher:
         self._health_reported(processor, report, asked_at, now)
         if self.cluster is not None:
             self.cluster_health.report(processor, report, asked_at)
+
+    def _purge_cluster(self) -> None:
+        """Many hosts: a purge carried out here is done once the cluster's record is purged too."""
+        while True:
+            self._cluster_purge_due.wait()
+            self._cluster_purge_due.clear()
+            self._feed(self.cluster.purge, self.outbox)
+            if self.outbox.cluster_purge_pending:
+                gevent.sleep(self.cluster.retry_s)  # the database did not answer: the purge waits for it
+                self._cluster_purge_due.set()
 
     def _health_reported(self, processor: int, report, asked_at: int, now: int) -> None:
         self._feed(self.outbox.health_reported, processor, report, asked_at, now)

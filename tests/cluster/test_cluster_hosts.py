@@ -212,3 +212,47 @@ def test_one_host_polls_service_health_for_both_and_another_takes_over_when_it_d
     # (the dead dispatcher's counters stay as it left them: its host's bruto_dispatcher_up says 0)
     wait_for(lambda: follower in pollers() and health_polls(follower)["ok"] >= 2, 20, "the follower took over")
     assert health_polls(follower)["rate_limited"] == 0  # it waited out the window the dead poller opened
+
+
+EMPTY = {"default": {"totalRequests": 0, "totalAmount": 0}, "fallback": {"totalRequests": 0, "totalAmount": 0}}
+
+
+def test_a_purge_on_one_host_empties_the_clusters_record_and_ids_are_new_again_after_it(two_hosts, clean_processors,
+                                                                                        postgres, database_url):
+    a, b = two_hosts
+    before = [uuid.uuid4() for _ in range(60)]
+    post_all(a, before[:30])
+    post_all(b, before[30:])
+    wait_converged(two_hosts, clean_processors, 60)
+    answer = a.http.post(a.url + "/purge-payments", timeout=15)
+    assert answer.status_code == 200, answer.text
+    assert a.summary() == b.summary() == EMPTY  # on either host, at once
+    database = database_url.rsplit("/", 1)[1]
+    assert postgres.psql("SELECT count(*) FROM bruto_payments", database) == "0"
+    assert postgres.psql("SELECT count(*) FROM bruto_claims", database) == "0"
+    clean_processors.default.purge()
+    clean_processors.fallback.purge()
+    after = [uuid.uuid4() for _ in range(40)] + before[:10]  # ids from before the purge are new again
+    post_all(b, after[:25])
+    post_all(a, after[25:])
+    wait_converged(two_hosts, clean_processors, 50)
+    assert stored(clean_processors) == 50
+    assert_each_stored_once(clean_processors, after)
+
+
+def test_a_purge_while_the_database_is_down_is_committed_and_completes_when_it_is_back(two_hosts, clean_processors,
+                                                                                       postgres):
+    a, b = two_hosts
+    post_all(a, [uuid.uuid4() for _ in range(20)])
+    wait_converged(two_hosts, clean_processors, 20)
+    postgres.stop("fast")
+    answer = a.http.post(a.url + "/purge-payments", timeout=30)
+    # Committed on this host (never to be cancelled), the cluster's part waiting for the database.
+    assert answer.status_code == 202, answer.text
+    postgres.start_again()
+    def both_empty():
+        answers = [host.http.get(host.url + "/payments-summary", timeout=10) for host in two_hosts]
+        # (503 until each worker's pool has a connection again)
+        return all(answer.status_code == 200 and answer.json() == EMPTY for answer in answers)
+
+    wait_for(both_empty, 30, "the purge completed in the cluster's record")

@@ -136,3 +136,23 @@ def test_a_window_of_the_summary_is_read_from_its_index(database_url):
         assert "Index Only Scan using bruto_payments_by_time" in plan, plan
     finally:
         db.close()
+
+
+def test_a_purge_of_the_record_keeps_what_another_host_holds_unconfirmed_and_happens_once(tmp_path, database_url):
+    a, b = Host(tmp_path, "a", database_url), Host(tmp_path, "b", database_url)
+    confirmed_a = [a.confirm(T + n * 1000, 100) for n in range(3)]
+    a.link.db.claim(confirmed_a)
+    a.link.publish_once()
+    b.link.db.claim([b.confirm(T, 5)])
+    b.link.publish_once()
+    in_flight_on_b = uuid.uuid4().bytes
+    b.link.db.claim([in_flight_on_b])  # claimed by b, not confirmed yet
+    assert a.link.db.purge(slot=0, ticket=1, kept_from=3, held=[]) is True
+    with psycopg.connect(database_url) as conn:
+        claims = conn.execute("SELECT correlation_id FROM bruto_claims").fetchall()
+    assert rows(database_url) == [] and claims == [(uuid.UUID(bytes=in_flight_on_b),)]
+    after = b.confirm(T + 7000, 9)
+    b.link.publish_once()
+    assert a.link.db.purge(slot=0, ticket=1, kept_from=3, held=[]) is False  # carried out again after a crash
+    assert [row[0] for row in rows(database_url)] == [uuid.UUID(bytes=after)]
+    assert a.summary.totals(None, None).requests == (1, 0)

@@ -131,6 +131,8 @@ def test_a_purge_while_a_claim_is_out_leaves_the_payment_accepted_after_it_waiti
     ticket = a.writer.request_purge(deadline=a.now + 5 * S)
     for slot in a.outbox.pending_purges(a.now):
         a.outbox.purge(slot, a.now)  # ... a purge frees the entry meanwhile ...
+    [(slot, claimed_ticket, _, _)] = a.outbox.cluster_purges()
+    a.outbox.cluster_purged(slot, claimed_ticket)
     assert a.writer.purge_done(ticket)
     later = uuid.uuid4().bytes
     a.accept(later)
@@ -139,3 +141,23 @@ def test_a_purge_while_a_claim_is_out_leaves_the_payment_accepted_after_it_waiti
     assert a.outbox.claimed(batch, {purged}) == 0  # the answer for the purged one decides nothing now
     assert [cid for _, cid in a.outbox.to_claim(10)] == [later]
     assert [send.correlation_id for send in a.step()] == [later]
+
+
+def test_a_purge_is_done_only_once_the_clusters_record_is_purged_too_even_across_a_crash():
+    a = Host("a", {})
+    out, kept = uuid.uuid4().bytes, uuid.uuid4().bytes
+    a.accept(out)
+    [send] = a.step()  # out to a processor when the purge comes: its claim must stay
+    ticket = a.writer.request_purge(deadline=a.now + 5 * S)
+    a.outbox.purge(0, a.now)
+    assert not a.writer.purge_done(ticket) and a.outbox.cluster_purge_pending
+    a.restart()  # a crash before the cluster's part: recovery finds it still to do
+    a.accept(kept)
+    a.step()
+    [(slot, claimed, kept_from, held)] = a.outbox.cluster_purges()
+    assert (slot, claimed, kept_from) == (0, ticket, 0) and set(held) == {out, kept}
+    a.outbox.cluster_purged(slot, claimed - 1)  # an older ticket's answer settles nothing
+    assert not a.writer.purge_done(ticket)
+    a.outbox.cluster_purged(slot, claimed)
+    assert a.writer.purge_done(ticket) and not a.outbox.cluster_purge_pending
+    assert int(a.regions.dispatch.counters["purges"]) == 1

@@ -5,7 +5,7 @@
 #   make down   stop it and delete the shared directory (not while it holds unsent payments:
 #               FORCE=1 drops them)
 #   make status what runs; fails if something does not
-#   make test   install what is missing, then run the whole test suite
+#   make test   install what is missing (PostgreSQL too), then run the whole test suite
 #               (PYTEST_ARGS="..." passes arguments to pytest); needs no Docker
 #   make test-compose
 #               the compose files with real Docker (tests/compose), Docker set up first
@@ -23,7 +23,14 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-instal
 # GET /metrics in the tests and on `bruto-stack up --prometheus`; brings promtool).
 TEST_PACKAGES := nginx prometheus
 
-.PHONY: install up stop down status test test-compose bench
+# PostgreSQL 15 for the tests of bruto.cluster (tests/postgres.py starts a
+# throwaway server of its own per test session). Debian's package creates and
+# starts a `main` cluster when it is installed: it is stopped and set to start
+# only by hand (start.conf: manual), so no idle server takes the CPU the tests
+# and the benchmarks use.
+PG_BIN := /usr/lib/postgresql/15/bin
+
+.PHONY: install postgres up stop down status test test-compose bench
 
 # pyproject.toml changes reinstall; the stamp says the last install succeeded.
 $(VENV)/.installed: pyproject.toml
@@ -54,7 +61,13 @@ down:
 status:
 	@$(BIN)/bruto-stack status --via-make
 
-test: install
+postgres:
+	@test -x $(PG_BIN)/initdb || { echo "installing postgresql (apt)"; apt-get update -qq && $(APT_INSTALL) postgresql >/dev/null; }
+	@for conf in /etc/postgresql/*/main/start.conf; do [ -e "$$conf" ] && echo manual > "$$conf"; done; true
+	@if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q ' main .*online'; then \
+		echo "stopping Debian's main PostgreSQL cluster (the tests start their own)"; pg_ctlcluster 15 main stop; fi; true
+
+test: install postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # What the judge starts, started (tests/compose; pyproject.toml keeps them out of `make test`):

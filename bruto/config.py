@@ -97,6 +97,13 @@ class Settings:
     # The secret of "token" access; kept out of repr() so no log prints it.
     purge_token: str = dataclasses.field(default="", repr=False)
 
+    # Many hosts as one payment system (bruto.cluster, docs/SCALING.md): a
+    # libpq URI to a PostgreSQL database, empty the first time (bruto creates
+    # and upgrades its own schema). Empty: one host on its shared memory
+    # alone, and the database client is never imported. Kept out of repr():
+    # it may carry a password.
+    database_url: str = dataclasses.field(default="", repr=False)
+
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)

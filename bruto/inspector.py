@@ -84,6 +84,13 @@ def table(snap: dict) -> str:
             f"breaker {p['breaker_state'].replace('_', '-')}, failing {'yes' if h['failing'] else 'no'}, "
             f"delay {h['min_response_ms']} ms, p90 {h['latency_p90_ms']} ms; "
             + _attempts(p))
+    c = snap.get("cluster")
+    if c is not None:
+        lines.append(f"cluster: database {'up' if c['db_up'] else 'DOWN'}"
+                     f"{', polls service-health' if c['poller'] else ''}; claimed {c['claimed']} new, "
+                     f"{c['resumed']} resumed, {c['cross_host_duplicates']} dropped (another host's); "
+                     f"{c['unpublished']} unpublished; errors: claim {c['claim_errors']}, "
+                     f"publish {c['publish_errors']}")
     return "\n".join(lines)
 
 

@@ -57,3 +57,23 @@ def start_emulator():
     finally:
         for emulator in started:
             emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of the test session's own, removed at the end."""
+    from postgres import PostgresServer
+
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def database_url(postgres):
+    """An empty database for one test; the server is started again if a test left it stopped."""
+    if not postgres.running():
+        postgres.start_again()
+    return postgres.create_database()

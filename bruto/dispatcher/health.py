@@ -43,8 +43,12 @@ class HealthPoller:
         self._on_report = on_report
         self._metrics = metrics
 
-    def run(self) -> None:
+    def run(self, may_poll=None) -> None:
+        """Forever. ``may_poll``: called before each round; False skips it (another host polls: bruto.cluster.health)."""
         while True:
+            if may_poll is not None and not may_poll():
+                gevent.sleep(0.1)
+                continue
             now = now_us()
             due = [p for p in range(len(self._clients)) if int(self._rows[p]["next_poll_at"]) <= now]
             if due:

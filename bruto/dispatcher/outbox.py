@@ -124,10 +124,14 @@ class Outbox:
     Args:
         regions: the shared regions (or in-memory ones, in tests).
         policy: the routing policy.
+        claiming: payments must be claimed before they are sent (many hosts,
+            bruto.cluster): a queued payment waits in :meth:`to_claim` until
+            :meth:`claimed` says whether this host may send it.
     """
 
-    def __init__(self, regions: DispatcherRegions, policy: routing.Policy):
+    def __init__(self, regions: DispatcherRegions, policy: routing.Policy, claiming: bool = False):
         self.policy = policy
+        self.claiming = claiming
         self.stats = regions.dispatch.counters
         self.metrics = DispatcherMetrics(regions.metrics)
         self.in_flight = [0, 0]  # Sends out, per processor
@@ -137,6 +141,7 @@ class Outbox:
         self._entries = regions.outbox.records
         self._in_use = regions.outbox.counters
         self._ledger = LedgerWriter(regions.ledger)
+        self._ledger_ids = regions.ledger.columns["correlation_id"]
         self._health = regions.health.records
         self._rejected = RejectedWriter(regions.rejected)
         self._dedup = DedupIndex(regions.ledger.columns["correlation_id"], self._entries["correlation_id"],
@@ -144,6 +149,8 @@ class Outbox:
         self._generation = [0] * regions.outbox.capacity  # of each entry's one pending timer or action
         self._free: list[int] = []
         self._ready: collections.deque[int] = collections.deque()
+        self._unclaimed: list[int] = []  # queued, not yet claimed (only while claiming), oldest first
+        self._cluster_purges: set[int] = set()  # slots whose purge waits for the cluster's record (claiming)
         self._timers: list[tuple[int, int, int]] = []  # heap of (due, entry, generation)
         self._latencies = tuple(collections.deque(maxlen=LATENCY_SAMPLES) for _ in PROCESSOR_NAMES)
         # (answered at, ms) of the last answers, and the send time of each
@@ -190,7 +197,8 @@ class Outbox:
     def drain(self, now: int) -> int:
         """Move what the gateways accepted from intake into the outbox; returns how many records."""
         limits = self._purge_limits(now)
-        dedup, entries, free, ready = self._dedup, self._entries, self._free, self._ready
+        dedup, entries, free = self._dedup, self._entries, self._free
+        ready = self._unclaimed if self.claiming else self._ready
         moved = 0
         for slot, slab in enumerate(self._slabs):
             cursor = self._cursors[slot]
@@ -222,6 +230,56 @@ class Outbox:
                 cursor["drained"] = drained  # after the entry: a crash re-drains, the index drops it
                 moved += 1
         return moved
+
+    def to_claim(self, limit: int) -> list[tuple[int, bytes]]:
+        """The oldest queued payments not claimed yet: (entry, correlationId), at most ``limit``."""
+        return [(index, self._entries[index]["correlation_id"].tobytes()) for index in self._unclaimed[:limit]]
+
+    def claimed(self, batch: list[tuple[int, bytes]], mine: set[bytes]) -> int:
+        """The claim of ``batch`` (what :meth:`to_claim` gave) is decided: the ids in ``mine`` are this
+        host's to send; the others are claimed by another host and dropped. Returns how many were dropped.
+        """
+        decided = []
+        for index, correlation_id in batch:
+            entry = self._entries[index]
+            # The claim ran while other events went on: a purge may have freed
+            # the entry, or a new payment taken it, which waits for its own claim.
+            if entry["state"] == QUEUED and entry["correlation_id"].tobytes() == correlation_id:
+                decided.append((index, correlation_id))
+        done = {index for index, _ in decided}
+        self._unclaimed = [index for index in self._unclaimed if index not in done]
+        dropped = 0
+        for index, correlation_id in decided:
+            if correlation_id in mine:
+                self._ready.append(index)
+            else:
+                # Another host has it: sending it here too could store it twice.
+                self.stats["duplicates_dropped"] += 1
+                self._release(index, forget=True)
+                dropped += 1
+        return dropped
+
+    def cluster_purges(self) -> list[tuple[int, int, int, list[bytes]]]:
+        """Purges carried out here whose cluster part is pending (claiming only): (slot, ticket, the
+        ledger index the purge kept from, every id this host still holds: its claims must stay)."""
+        if not self._cluster_purges:
+            return []
+        held = [self._entries[int(i)]["correlation_id"].tobytes() for i in np.flatnonzero(self._entries["state"] != FREE)]
+        ids = self._ledger_ids
+        for part in self._ledger.retained():
+            held.extend(raw.tobytes() for raw in ids[part])
+        below = int(self._dispatch["purge_ledger_below"])
+        return [(slot, int(self._cursors[slot]["purge_claimed"]), below, held) for slot in sorted(self._cluster_purges)]
+
+    @property
+    def cluster_purge_pending(self) -> bool:
+        return bool(self._cluster_purges)
+
+    def cluster_purged(self, slot: int, ticket: int) -> None:
+        """The cluster's part of the purge of ``slot`` is done: now the purge is."""
+        if slot in self._cluster_purges and int(self._cursors[slot]["purge_claimed"]) == ticket:
+            self._cluster_purges.discard(slot)
+            self._purge_done(slot)
 
     def poll(self, now: int) -> list[Action]:
         """Time passed: what is due now (sends, lookups)."""
@@ -358,7 +416,7 @@ class Outbox:
     def waiting(self) -> set[int]:
         """Entries with something scheduled: in the ready queue, or a live timer."""
         live = {index for _, index, generation in self._timers if generation == self._generation[index]}
-        return live | set(self._ready)
+        return live | set(self._ready) | set(self._unclaimed)
 
     def generation(self, entry: int) -> int:
         return self._generation[entry]
@@ -583,6 +641,14 @@ class Outbox:
         # free entry until it is reused, and GET /payments/{id} reads it there.
         self._entries["purged"][purged] = 1
         states[purged & (states == QUEUED)] = FREE
+        if self.claiming:
+            # Many hosts: done once the cluster's record is purged too (the
+            # shell carries that out, then calls cluster_purged).
+            self._cluster_purges.add(slot)
+            return
+        self._purge_done(slot)
+
+    def _purge_done(self, slot: int) -> None:
         finished = int(self._cursors[slot]["purges_done"]) < int(self._cursors[slot]["purge_claimed"])
         self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]
         if finished:  # counted once, even when a crash made recovery finish it again
@@ -603,9 +669,12 @@ class Outbox:
             entries[index]["state"] = FREE  # its id is in the ledger: confirmed just before a crash
         self._free = [int(i) for i in np.flatnonzero(states == FREE)[::-1]]
         self._in_use["in_use"] = len(entries) - len(self._free)
-        queued = np.flatnonzero(states == QUEUED)
-        self._ready = collections.deque(int(i) for i in queued[np.argsort(entries["accepted_at"][queued],
-                                                                          kind="stable")])
+        found = np.flatnonzero(states == QUEUED)
+        queued = [int(i) for i in found[np.argsort(entries["accepted_at"][found], kind="stable")]]
+        # Claiming: which of them were claimed is the database's to say (a
+        # claim is idempotent for the host that made it), so all go through it again.
+        self._ready = collections.deque([] if self.claiming else queued)
+        self._unclaimed = queued if self.claiming else []
         self._timers = []
         for index in np.flatnonzero(states == UNRESOLVED):
             self._schedule(int(index), self._provable_at(int(index)))

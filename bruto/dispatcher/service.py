@@ -18,8 +18,10 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import gevent
+import gevent.event
 
 from bruto.config import Settings
 from bruto.config import settings_or_exit
@@ -36,6 +38,9 @@ from bruto.shm.intake import purge_lock_path
 from bruto.shm.layout import DispatcherRegions
 from bruto.shm.layout import create_all
 from bruto.timefmt import now_us
+
+if TYPE_CHECKING:  # imported only with a database URL (it needs psycopg)
+    from bruto.cluster.link import ClusterLink
 
 log = logging.getLogger("bruto.dispatcher")
 
@@ -65,13 +70,24 @@ class Dispatcher:
         self.regions = regions or DispatcherRegions.open(settings)
         policy = routing.Policy.from_terms(settings.default_fee, settings.fallback_fee,
                                            settings.settlement_bound_s, max_in_flight=settings.senders)
-        self.outbox = Outbox(self.regions, policy)
+        self.cluster = None
+        if settings.database_url:
+            # Only with a URL: it imports psycopg (after gevent's patch, in __main__).
+            from bruto.cluster.health import ClusterHealth
+            from bruto.cluster.link import ClusterLink
+
+            self.cluster = ClusterLink(settings, self.regions.ledger)
+            self.cluster_health = ClusterHealth(settings.database_url, self.cluster.db, self.regions.health.records,
+                                                self._health_reported, self.cluster.counters)
+        self._claims_due = gevent.event.Event()
+        self._cluster_purge_due = gevent.event.Event()
+        self.outbox = Outbox(self.regions, policy, claiming=self.cluster is not None)
         if clients is None:
             session = make_session(settings.senders + 8)
             clients = (ProcessorClient(settings.default_url, session),
                        ProcessorClient(settings.fallback_url, session))
         self.clients = clients
-        self.poller = HealthPoller(clients, self.regions.health.records, self._health_reported, self.outbox.metrics)
+        self.poller = HealthPoller(clients, self.regions.health.records, self._polled, self.outbox.metrics)
         self._purge_lock_path = purge_lock_path(settings)
 
     def recover(self) -> None:
@@ -79,7 +95,14 @@ class Dispatcher:
         self.outbox.stats["dispatcher_pid"] = os.getpid()
 
     def run(self) -> None:
-        gevent.spawn(self.poller.run)
+        if self.cluster is None:
+            gevent.spawn(self.poller.run)
+        else:
+            gevent.spawn(self.poller.run, self.cluster_health.may_poll)  # one poller per cluster
+            gevent.spawn(self.cluster_health.run)
+            gevent.spawn(self.cluster.run_publisher)
+            gevent.spawn(self._claim, self.cluster)
+            gevent.spawn(self._purge_cluster, self.cluster)
         while True:
             self.step()
             now = now_us()
@@ -94,7 +117,11 @@ class Dispatcher:
             with locks.held(self._purge_lock_path, wait=False) as held:
                 if held:
                     self.outbox.purge(slot, now_us())
+        if self.cluster is not None and self.outbox.cluster_purge_pending:
+            self._cluster_purge_due.set()  # many hosts: the cluster's record too (self._purge_cluster)
         self.outbox.drain(now)
+        if self.cluster is not None and self.outbox.to_claim(1):
+            self._claims_due.set()  # only claimed payments go on to be sent (self._claim)
         self._carry_out(self.outbox.poll(now_us()))
 
     # -- actions and the events they end with ------------------------------------
@@ -124,6 +151,35 @@ class Dispatcher:
             log.exception("looking up %s failed", lookup.correlation_id.hex())
             found = Outcome.UNKNOWN
         self._feed(self.outbox.lookup_done, lookup, found, now_us())
+
+    def _claim(self, cluster: ClusterLink) -> None:
+        """The claimer's greenlet (many hosts): claims what was drained, off the loop, so a slow or
+        unreachable database holds up no drain, purge or send of what is claimed already."""
+        while True:
+            self._claims_due.wait()
+            self._claims_due.clear()
+            self._feed(cluster.claim, self.outbox)
+            if cluster.claims_failing:
+                gevent.sleep(cluster.retry_s)  # the database did not answer: they wait, and so do we
+                self._claims_due.set()
+            elif self.outbox.to_claim(1):  # more than a batch, or more drained meanwhile
+                self._claims_due.set()
+
+    def _polled(self, processor: int, report, asked_at: int, now: int) -> None:
+        """A report of this host's own poll: folded in, and shared with the cluster's other hosts."""
+        self._health_reported(processor, report, asked_at, now)
+        if self.cluster is not None:
+            self.cluster_health.report(processor, report, asked_at)
+
+    def _purge_cluster(self, cluster: ClusterLink) -> None:
+        """Many hosts: a purge carried out here is done once the cluster's record is purged too."""
+        while True:
+            self._cluster_purge_due.wait()
+            self._cluster_purge_due.clear()
+            self._feed(cluster.purge, self.outbox)
+            if self.outbox.cluster_purge_pending:
+                gevent.sleep(cluster.retry_s)  # the database did not answer: the purge waits for it
+                self._cluster_purge_due.set()
 
     def _health_reported(self, processor: int, report, asked_at: int, now: int) -> None:
         self._feed(self.outbox.health_reported, processor, report, asked_at, now)

@@ -87,9 +87,20 @@ class Payments:
 
 
 class Summary:
+    """GET /payments-summary: this host's ledger; with BRUTO_DATABASE_URL, the whole cluster's."""
+
     def __init__(self, settings: Settings, counters: GatewayCounters):
         self._ledger = open_ledger(settings)
         self._counters = counters
+        self._cluster = None
+        self._unavailable: type[Exception] = RuntimeError
+        if settings.database_url:
+            # Only with a URL: psycopg, imported after gevent's patch (the worker loads the app after it).
+            from bruto.cluster.summary import ClusterSummary
+            from bruto.cluster.summary import Unavailable
+
+            self._cluster = ClusterSummary(settings, self._ledger)
+            self._unavailable = Unavailable
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         bounds = []
@@ -101,8 +112,17 @@ class Summary:
                 self._counters.response(req.path, 400)
                 set_error(resp, 400, f"{name} must be an ISO-8601 date-time, e.g. 2020-07-10T12:34:56.000Z")
                 return
+        if self._cluster is None:
+            found = ledger.totals(self._ledger, bounds[0], bounds[1])
+        else:
+            try:
+                found = self._cluster.totals(bounds[0], bounds[1])
+            except self._unavailable:
+                self._counters.response(req.path, 503)
+                set_error(resp, 503, "the cluster's database is unreachable; no partial summary is given")
+                resp.retry_after = 1
+                return
         self._counters.response(req.path, 200)
-        found = ledger.totals(self._ledger, bounds[0], bounds[1])
         if found.truncated:
             # NOTE: the counts are still exact for what the ring holds; this says
             # the window also covers older payments the ring no longer has.

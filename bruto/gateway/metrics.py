@@ -66,6 +66,35 @@ def families(snap: dict):
                  "Retention horizon: latest requestedAt the ring has overwritten (0: none lost).",
                  value=led["evicted_until"] / 1e6)
     yield from _processors(snap["processors"], bounds)
+    if snap.get("cluster") is not None:
+        yield from _cluster(snap["cluster"])
+
+
+def _cluster(c: dict):
+    """A host in a cluster (BRUTO_DATABASE_URL): its claims and publication (bruto.cluster.counters)."""
+    claims = CounterMetricFamily("bruto_cluster_claimed_payments",
+                                 "Payments this host's claims decided: new (claimed now), resumed (claimed by this "
+                                 "host before a restart), other_host (claimed by another host: dropped here).",
+                                 labels=["result"])
+    claims.add_metric(["new"], c["claimed"])
+    claims.add_metric(["resumed"], c["resumed"])
+    claims.add_metric(["other_host"], c["cross_host_duplicates"])
+    yield claims
+    yield _counter("bruto_cluster_claim_statements", "Claim statements that succeeded.", value=c["claims"])
+    errors = CounterMetricFamily("bruto_cluster_database_errors",
+                                 "Statements that failed: the database unreachable or failing.", labels=["work"])
+    errors.add_metric(["claim"], c["claim_errors"])
+    errors.add_metric(["publish"], c["publish_errors"])
+    yield errors
+    yield _counter("bruto_cluster_published_payments", "Confirmations this host wrote to the cluster's record.",
+                   value=c["published"])
+    yield _gauge("bruto_cluster_unpublished_payments",
+                 "Confirmations in this host's ledger not yet in the cluster's record (publication lag).",
+                 value=c["unpublished"])
+    yield _gauge("bruto_cluster_health_poller", "1 while this host polls service-health for the whole cluster.",
+                 value=c["poller"])
+    yield _gauge("bruto_cluster_database_up", "1 while this host's last statement to the database succeeded.",
+                 value=c["db_up"])
 
 
 def _gateway(snap: dict):

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bruto.cluster.counters import read_cluster
 from bruto.shm import ledger
 from bruto.shm import locks
 from bruto.shm.layout import BREAKER_STATES
@@ -144,6 +145,8 @@ class SharedRegions:
             "processors": {
                 name: self._processor(index, found) for index, name in enumerate(PROCESSOR_NAMES)
             },
+            # None on a host of its own; its counters when a dispatcher with BRUTO_DATABASE_URL wrote them.
+            "cluster": read_cluster(self.shm_dir),
         }
 
     def _slab(self, slot: int, slab: Region) -> Snapshot:

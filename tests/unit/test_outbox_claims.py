@@ -1,0 +1,163 @@
+"""The outbox of one host among many (bruto.cluster): nothing is sent before it is claimed.
+
+Two hosts, each its own regions and outbox, decide claims through one claim
+table kept here as the database keeps it (correlationId -> host, first claim
+wins, a host's own claim answered again as its own); the real database's
+statement is tested in tests/cluster.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from bruto.dispatcher import routing
+from bruto.dispatcher.outbox import Outbox
+from bruto.dispatcher.outbox import Send
+from bruto.dispatcher.outcomes import Health
+from bruto.dispatcher.outcomes import Outcome
+from bruto.shm.intake import IntakeWriter
+from bruto.shm.layout import DEFAULT
+from bruto.shm.layout import FREE
+from bruto.shm.layout import QUEUED
+from bruto.shm.layout import UNRESOLVED
+from bruto.shm.layout import DispatcherRegions
+from bruto.shm.ledger import totals
+
+S = 1_000_000
+T0 = 1_700_000_000 * S
+POLICY = routing.Policy(patience_us=30 * S)
+
+
+class Host:
+    def __init__(self, name: str, claims: dict[bytes, str], claiming: bool = True):
+        self.name, self.claims, self.claiming = name, claims, claiming
+        self.now = T0
+        self.regions = DispatcherRegions.in_memory(1, 16, 16, 64)
+        self.writer = IntakeWriter.over(0, self.regions)
+        self.restart()
+
+    def restart(self):
+        self.outbox = Outbox(self.regions, POLICY, claiming=self.claiming)
+        self.outbox.recover(self.now)
+        self.outbox.health_reported(DEFAULT, Health(False, 0), self.now, self.now)
+
+    def accept(self, correlation_id: bytes) -> None:
+        self.writer.append(correlation_id, 1990, self.now)
+
+    def claim(self) -> int:
+        """One claim statement over what waits for one; returns how many another host had."""
+        batch = self.outbox.to_claim(limit=1000)
+        mine = {cid for _, cid in batch if self.claims.setdefault(cid, self.name) == self.name}
+        return self.outbox.claimed(batch, mine)
+
+    def step(self, claim=True) -> list[Send]:
+        self.now += 1000
+        self.outbox.drain(self.now)
+        if claim:
+            self.claim()
+        return [action for action in self.outbox.poll(self.now) if isinstance(action, Send)]
+
+    def state(self, correlation_id: bytes) -> int:
+        for entry in self.regions.outbox.records:
+            if entry["correlation_id"].tobytes() == correlation_id and int(entry["state"]) != FREE:
+                return int(entry["state"])
+        return FREE
+
+
+def test_nothing_is_sent_until_claimed_and_then_only_what_this_host_claimed():
+    claims: dict[bytes, str] = {}
+    a, b = Host("a", claims), Host("b", claims)
+    shared, only_b = uuid.uuid4().bytes, uuid.uuid4().bytes
+    a.accept(shared)
+    b.accept(shared)
+    b.accept(only_b)
+    assert a.step(claim=False) == [] and b.step(claim=False) == []  # the database is away: nothing goes
+    assert a.state(shared) == QUEUED and a.outbox.waiting()  # still held, with something to wait for
+    [sent_by_a] = a.step()
+    assert sent_by_a.correlation_id == shared
+    b.outbox.drain(b.now)
+    assert b.claim() == 1  # a claimed it first: a duplicate here
+    [sent_by_b] = b.step()
+    assert sent_by_b.correlation_id == only_b
+    assert b.state(shared) == FREE and b.regions.outbox.counters["in_use"] == 1
+    b.accept(shared)  # posted to b again: claimed by a still, dropped again
+    assert b.step() == []
+    assert int(b.regions.dispatch.counters["duplicates_dropped"]) == 2
+
+
+def test_after_a_crash_queued_payments_are_claimed_again_and_resumed_as_this_hosts_own():
+    claims: dict[bytes, str] = {}
+    a = Host("a", claims)
+    first, second = uuid.uuid4().bytes, uuid.uuid4().bytes
+    a.accept(first)
+    [send] = a.step()  # first: claimed, sent, then its answer is a 500: queued again, claimed
+    a.outbox.attempt_done(send, Outcome.FAILED, a.now, 1000)
+    a.accept(second)
+    a.outbox.drain(a.now)
+    a.claim()  # second claimed, and the host crashes before sending it
+    a.restart()
+    assert sorted(cid for _, cid in a.outbox.to_claim(10)) == sorted([first, second])
+    assert a.claim() == 0  # both answered as this host's own
+    a.now += 1 * S
+    resent = {send.correlation_id for send in a.step()}
+    assert resent == {first, second}
+
+
+def test_a_payment_out_when_the_host_crashes_is_resolved_not_claimed_again():
+    a = Host("a", {})
+    payment = uuid.uuid4().bytes
+    a.accept(payment)
+    [send] = a.step()
+    a.restart()
+    assert a.state(payment) == UNRESOLVED and a.outbox.to_claim(10) == []
+
+
+def test_without_claiming_the_outbox_sends_at_once_and_keeps_nothing_to_claim():
+    a = Host("a", {}, claiming=False)
+    payment = uuid.uuid4().bytes
+    a.accept(payment)
+    [send] = a.step(claim=False)
+    assert send.correlation_id == payment and a.outbox.to_claim(10) == []
+    a.outbox.attempt_done(send, Outcome.STORED, a.now, 1000)
+    assert totals(a.regions.ledger, None, None).requests == (1, 0)
+
+
+def test_a_purge_while_a_claim_is_out_leaves_the_payment_accepted_after_it_waiting_for_its_own_claim():
+    a = Host("a", {})
+    purged = uuid.uuid4().bytes
+    a.accept(purged)
+    a.outbox.drain(a.now)
+    batch = a.outbox.to_claim(10)  # the claim statement goes out ...
+    ticket = a.writer.request_purge(deadline=a.now + 5 * S)
+    for slot in a.outbox.pending_purges(a.now):
+        a.outbox.purge(slot, a.now)  # ... a purge frees the entry meanwhile ...
+    [(slot, claimed_ticket, _, _)] = a.outbox.cluster_purges()
+    a.outbox.cluster_purged(slot, claimed_ticket)
+    assert a.writer.purge_done(ticket)
+    later = uuid.uuid4().bytes
+    a.accept(later)
+    a.outbox.drain(a.now)  # ... and a new payment takes it
+    assert [cid for _, cid in a.outbox.to_claim(10)] == [later]
+    assert a.outbox.claimed(batch, {purged}) == 0  # the answer for the purged one decides nothing now
+    assert [cid for _, cid in a.outbox.to_claim(10)] == [later]
+    assert [send.correlation_id for send in a.step()] == [later]
+
+
+def test_a_purge_is_done_only_once_the_clusters_record_is_purged_too_even_across_a_crash():
+    a = Host("a", {})
+    out, kept = uuid.uuid4().bytes, uuid.uuid4().bytes
+    a.accept(out)
+    [send] = a.step()  # out to a processor when the purge comes: its claim must stay
+    ticket = a.writer.request_purge(deadline=a.now + 5 * S)
+    a.outbox.purge(0, a.now)
+    assert not a.writer.purge_done(ticket) and a.outbox.cluster_purge_pending
+    a.restart()  # a crash before the cluster's part: recovery finds it still to do
+    a.accept(kept)
+    a.step()
+    [(slot, claimed, kept_from, held)] = a.outbox.cluster_purges()
+    assert (slot, claimed, kept_from) == (0, ticket, 0) and set(held) == {out, kept}
+    a.outbox.cluster_purged(slot, claimed - 1)  # an older ticket's answer settles nothing
+    assert not a.writer.purge_done(ticket)
+    a.outbox.cluster_purged(slot, claimed)
+    assert a.writer.purge_done(ticket) and not a.outbox.cluster_purge_pending
+    assert int(a.regions.dispatch.counters["purges"]) == 1

@@ -30,6 +30,12 @@ from bruto.money import parse_amount_cents
 from bruto.timefmt import format_iso_ms
 from bruto.timefmt import parse_iso
 
+# service-health queues up to two callers beyond its one call per 5-s window
+# and answers them in the next windows: a call may wait up to 10 s for its
+# answer. Giving up sooner wastes the window it booked, and the next call,
+# 5 s later, queues behind that booking again and gives up again.
+HEALTH_TIMEOUT_S = 11.0
+
 
 def make_session(pool_size: int) -> requests.Session:
     """One session per process, with room for every concurrent sender.
@@ -123,7 +129,7 @@ class ProcessorClient:
         except (ValueError, KeyError, TypeError):
             return Outcome.UNKNOWN
 
-    def health(self, timeout_s: float = 3.0) -> Health | RateLimited | None:
+    def health(self, timeout_s: float = HEALTH_TIMEOUT_S) -> Health | RateLimited | None:
         """GET service-health: Health, RateLimited (429 + Retry-After), or None on any other trouble."""
         try:
             response = self._session.get(self._health_url, timeout=(1.0, timeout_s))

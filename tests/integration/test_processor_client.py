@@ -104,3 +104,16 @@ def test_silence_past_the_timeout_is_unknown():
         assert pay(client, timeout_s=0.2) is Outcome.UNKNOWN
     finally:
         server.close()
+
+
+def test_health_calls_the_processor_queues_are_answered_not_given_up(start_emulator):
+    """service-health serves one call per 5-s window and queues two more for the next windows: three
+    calls at once all get a report, the third after waiting past one window (5-10 s)."""
+    client = ProcessorClient(start_emulator().url, make_session(4))
+    reports: list[object] = []
+    callers = [threading.Thread(target=lambda: reports.append(client.health())) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert [type(report).__name__ for report in reports] == ["Health"] * 3

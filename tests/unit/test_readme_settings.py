@@ -17,6 +17,7 @@ IN_WORDS = {
     # empty: resolved from purge_token
     "purge_access": "`open` (`token` when a token is set)" if Settings.purge_access == "" else None,
     "purge_token": "unset" if Settings.purge_token == "" else None,
+    "database_url": "unset" if Settings.database_url == "" else None,
 }
 
 

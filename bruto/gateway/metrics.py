@@ -117,9 +117,8 @@ def _gateway(snap: dict):
                 requests.add_metric([slot, route, status], n)
         for reason, n in slab["rejections"].items():
             rejected.add_metric([slot, reason], n)
-        for status, n in slab["protocol_errors"].items():
-            if n:
-                protocol.add_metric([slot, status], n)
+        for status, n in slab["protocol_errors"].items():  # zeros too: a counter exists before its first error
+            protocol.add_metric([slot, status], n)
         backlog.add_metric([slot], slab["backlog"])
         up.add_metric([slot], int(slab["owner_alive"]))
     yield from (requests, rejected, protocol, backlog, up)

@@ -135,7 +135,7 @@ def test_the_metrics_profile_holds_brutos_counters_and_every_panel_finds_a_serie
     assert value(prometheus, "sum(bruto_ledger_amount_cents)") == 10 * 1990
     assert value(prometheus, "bruto_dispatcher_up") == 1
     assert value(prometheus, "sum(bruto_worker_up)") == 2
-    assert [s["labels"]["instance"] for s in query(prometheus, 'up{job="bruto"}')] == ["balancer:9999"]
+    assert [s["metric"]["instance"] for s in query(prometheus, 'up{job="bruto"}')] == ["balancer:9999"]
 
     # Every panel: a series once two scrapes are in its rate window (a panel over a renamed metric stays empty).
     def empty() -> list[tuple[str, str]]:

@@ -120,7 +120,8 @@ def test_only_the_cluster_image_carries_the_database_client(compose_env):
     """The judged image stays without psycopg, and says so when given a URL; the cluster's loads it over libpq."""
     found = docker_run("bruto:latest", "python", "-c", "import importlib.util; print(importlib.util.find_spec('psycopg'))")
     assert found.stdout.strip() == "None", found.stderr
-    started = docker_run("bruto:latest", "bruto-dispatcher", env=("BRUTO_DATABASE_URL=postgresql://bruto@nowhere/bruto",))
+    started = docker_run("bruto:latest", "bruto-dispatcher",
+                         env=("BRUTO_DATABASE_URL=postgresql://bruto@nowhere/bruto", "BRUTO_SHM_DIR=/tmp/bruto"))
     assert started.returncode != 0
     assert "BRUTO_DATABASE_URL is set, but the PostgreSQL client is missing" in started.stderr
     loaded = docker_run("bruto-cluster:latest", "python", "-c",

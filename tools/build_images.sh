@@ -202,7 +202,6 @@ build_postgres_base() {
         'USER postgres' \
         'VOLUME /var/lib/postgresql/data' \
         'EXPOSE 5432' \
-        'STOPSIGNAL SIGINT' \
         'ENTRYPOINT ["docker-entrypoint.sh"]' \
         'CMD ["postgres"]'
 }
@@ -218,7 +217,6 @@ build_nginx_base() {
     import_root "$root" "$NGINX_TAG" \
         'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         'EXPOSE 80' \
-        'STOPSIGNAL SIGQUIT' \
         'CMD ["nginx", "-g", "daemon off;"]'
 }
 if [ "$CLUSTER" = 1 ]; then

@@ -89,7 +89,7 @@ USER root
 RUN set -eu; \
     apt-get update -qq; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libpq5 >/dev/null; \
-    rm -rf /var/lib/apt/lists/*
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
 COPY --from=cluster-wheels /wheels/cluster /wheels
 RUN set -eu; \
     pip install --no-cache-dir --no-index /wheels/*.whl; \

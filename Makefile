@@ -87,10 +87,10 @@ test-compose: install
 # the processors' compose file up (127.0.0.1:8001, :8002), then the cluster's; done when
 # :9999 answers a summary (PostgreSQL up, the schema made). Needs root and the ports 9999,
 # 9991, 9992, 8001, 8002 (not beside `make up`).
-cluster-up:
+cluster-up: install
 	tools/with_docker.sh --keep-engine sh -c '$(if $(NO_BUILD),,tools/build_images.sh --cluster && )docker compose -f docker-compose.processors.yml up -d && docker compose -f docker-compose.cluster.yml up -d'
 	@for try in $$(seq 90); do \
-		python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:9999/payments-summary", timeout=3)' 2>/dev/null \
+		$(BIN)/python -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:9999/payments-summary", timeout=3)' 2>/dev/null \
 			&& { echo "cluster up: the balancer on :9999, host a on 127.0.0.1:9991, host b on 127.0.0.1:9992"; exit 0; }; \
 		sleep 1; \
 	done; echo "the cluster did not answer on :9999 within 90 s: docker compose -f docker-compose.cluster.yml logs"; exit 1

@@ -9,7 +9,8 @@ host's publication position and lease (``bruto_hosts``: a host that cannot
 renew its lease stops sending; another takes its unconfirmed claims over).
 
 Imported only when the URL is set: the modules that import psycopg
-(``database``, ``link``, ``summary``) are imported by the dispatcher and the
+(``client``, the only one that imports it directly, with a clear error when
+it is missing; ``database``, ``health``, ``link``, ``summary``) are imported by the dispatcher and the
 web worker after gevent's monkey-patching, which psycopg's waits need to be
 cooperative. ``host`` and ``counters`` import no database client.
 """

@@ -105,7 +105,7 @@ def test_a_payment_posted_to_one_host_is_followed_on_the_other_from_no_record_to
     assert "this host never accepted" in body["error"]
 
     for processor in (clean_processors.default, clean_processors.fallback):
-        processor.set_delay(2500)  # out long enough to be seen on its way, wherever it goes
+        processor.set_delay(4000)  # out long enough to be seen on its way (under the 7-s timeout floor)
     a.start_dispatcher()
     in_flight = wait_state(a, payment, "in_flight", unresolved=False)
     # B knows who holds it, not whether it has been sent yet: "claimed", never a guess.
@@ -197,7 +197,7 @@ def test_with_postgres_stopped_a_host_answers_what_it_knows_and_503_where_only_t
     finally:
         postgres.start_again()
     assert state_of(b, confirmed) == (200, answer)  # B connects again
-    later = wait_state(b, accepted, "confirmed", amount=4.56)
+    later = wait_state(b, accepted, "confirmed", timeout=90, amount=4.56)  # once A claims again: as the hosts test
     assert state_of(a, accepted) == (200, later)
     assert_stored_as_bruto_says(clean_processors, later)
     # A restart between two lookups breaks B's connection: the next lookup finds out, and asks on a new one.

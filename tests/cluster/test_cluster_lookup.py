@@ -104,15 +104,21 @@ def test_a_payment_posted_to_one_host_is_followed_on_the_other_from_no_record_to
     assert "another host may have accepted it and not claimed it yet" in body["error"]
     assert "this host never accepted" in body["error"]
 
-    for processor in (clean_processors.default, clean_processors.fallback):
-        processor.set_delay(4000)  # out long enough to be seen on its way (under the 7-s timeout floor)
-    a.start_dispatcher()
-    in_flight = wait_state(a, payment, "in_flight", unresolved=False)
-    # B knows who holds it, not whether it has been sent yet: "claimed", never a guess.
-    claimed = wait_state(b, payment, "claimed")
+    # Both processors paused (SIGSTOP): the attempt goes out and waits there, wherever it goes. (A delay
+    # would not do: once a health report says both are slow, bruto holds the payment instead.)
+    paused = [clean_processors.default.pid, clean_processors.fallback.pid]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        a.start_dispatcher()
+        in_flight = wait_state(a, payment, "in_flight", unresolved=False)
+        # B knows who holds it, not whether it has been sent yet: "claimed", never a guess.
+        claimed = wait_state(b, payment, "claimed")
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)  # resumed, the processor stores what it was sent
     assert claimed == {"correlationId": str(payment), "state": "claimed", "host": label(a),
                        "claimedAt": claimed["claimedAt"]}
-    assert getattr(clean_processors, in_flight["processor"]).get_payment(str(payment)) is None  # its delay
 
     on_b = wait_state(b, payment, "confirmed")
     assert on_b == {"correlationId": str(payment), "state": "confirmed", "amount": 12.34,

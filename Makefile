@@ -9,6 +9,9 @@
 #               (PYTEST_ARGS="..." passes arguments to pytest); needs no Docker
 #   make test-compose
 #               the compose files with real Docker (tests/compose), Docker set up first
+#   make cluster-up
+#               a two-host cluster on PostgreSQL in containers (docker-compose.cluster.yml)
+#               on :9999, with two local processor emulators; make cluster-down removes it
 # Both are idempotent: a second run installs nothing. Python packages go into
 # a virtual environment (.venv), never into the system's Python; Debian
 # packages (python3-venv, nginx, ...) are installed with apt-get when missing,
@@ -30,7 +33,7 @@ TEST_PACKAGES := nginx prometheus
 # and the benchmarks use.
 PG_BIN := /usr/lib/postgresql/15/bin
 
-.PHONY: install postgres up stop down status test test-compose bench
+.PHONY: install postgres up stop down status test test-compose cluster-up cluster-down bench
 
 # pyproject.toml changes reinstall; the stamp says the last install succeeded.
 $(VENV)/.installed: pyproject.toml
@@ -72,10 +75,30 @@ test: install postgres
 
 # What the judge starts, started (tests/compose; pyproject.toml keeps them out of `make test`):
 # tools/with_docker.sh sets Docker up as docs/CONTAINERS.md does (and stops a dockerd it
-# started), tools/build_images.sh builds the images from this checkout (NO_BUILD=1: use
-# the images there are). The tests use their own project names and ports.
+# started), tools/build_images.sh --cluster builds the images from this checkout, the
+# cluster's too (NO_BUILD=1: use the images there are). The tests use their own project
+# names and ports.
 test-compose: install
-	tools/with_docker.sh sh -c '$(if $(NO_BUILD),,tools/build_images.sh && )$(BIN)/python -m pytest tests/compose $(PYTEST_ARGS)'
+	tools/with_docker.sh sh -c '$(if $(NO_BUILD),,tools/build_images.sh --cluster && )$(BIN)/python -m pytest tests/compose $(PYTEST_ARGS)'
+
+# Two bruto hosts on one PostgreSQL behind one load balancer, in containers (README, "Two
+# hosts on one database"): Docker set up as for test-compose (a dockerd this starts keeps
+# running: it runs the cluster), the images built (NO_BUILD=1: use the images there are),
+# the processors' compose file up (127.0.0.1:8001, :8002), then the cluster's; done when
+# :9999 answers a summary (PostgreSQL up, the schema made). Needs root and the ports 9999,
+# 9991, 9992, 8001, 8002 (not beside `make up`).
+cluster-up: install
+	tools/with_docker.sh --keep-engine sh -c '$(if $(NO_BUILD),,tools/build_images.sh --cluster && )docker compose -f docker-compose.processors.yml up -d && docker compose -f docker-compose.cluster.yml up -d'
+	@for try in $$(seq 90); do \
+		$(BIN)/python -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:9999/payments-summary", timeout=3)' 2>/dev/null \
+			&& { echo "cluster up: the balancer on :9999, host a on 127.0.0.1:9991, host b on 127.0.0.1:9992"; exit 0; }; \
+		sleep 1; \
+	done; echo "the cluster did not answer on :9999 within 90 s: docker compose -f docker-compose.cluster.yml logs"; exit 1
+
+# Removes both projects and their volumes (PostgreSQL's data, the hosts' shared memory).
+cluster-down:
+	docker compose -f docker-compose.cluster.yml down -v
+	docker compose -f docker-compose.processors.yml down -v
 
 bench: install
 	$(BIN)/bruto-bench

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds bruto's images on a machine that cannot pull from Docker Hub.
 #
-#   tools/build_images.sh [--rebuild-bases] [--no-compose-build]
+#   tools/build_images.sh [--cluster] [--rebuild-bases] [--no-compose-build]
 #
 # 1. The base image the Dockerfile names, made locally from Debian bookworm
 #    with debootstrap + `docker import`, under the public name (skipped when
@@ -35,6 +35,19 @@
 #                        /bin/prometheus, config /etc/prometheus/prometheus.yml,
 #                        data in /prometheus, user nobody, port 9090
 #
+# With --cluster, also docker-compose.cluster.yml's images (a two-host
+# cluster on PostgreSQL, not the challenge's deliverable): the bruto-cluster
+# image (the Dockerfile's `cluster` stage, through that file's build, with the
+# same secrets), and these two when their tags are missing:
+#      postgres:15       bookworm minbase + postgresql-15 (Debian's package),
+#                        the official image's interface as far as the cluster
+#                        file uses it (tools/postgres-entrypoint.sh:
+#                        POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB, PGDATA
+#                        /var/lib/postgresql/data), user postgres, port 5432
+#      nginx:1.22        bookworm minbase + nginx 1.22 (Debian's package),
+#                        `nginx -g 'daemon off;'`, configuration in
+#                        /etc/nginx/nginx.conf, port 80, as the official image
+#
 # Needs: root, a running Docker engine with BuildKit (20.10 or newer), the
 # compose v2 plugin (`docker compose`), debootstrap.
 # Environment: BRUTO_DEBIAN_MIRROR (default: the first Debian URI of this
@@ -45,8 +58,10 @@ cd "$(dirname "$0")/.."
 
 REBUILD_BASES=0
 COMPOSE_BUILD=1
+CLUSTER=0
 for arg in "$@"; do
     case "$arg" in
+        --cluster) CLUSTER=1 ;;
         --rebuild-bases) REBUILD_BASES=1 ;;
         --no-compose-build) COMPOSE_BUILD=0 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
@@ -161,6 +176,64 @@ else
 fi
 docker run --rm "$PYTHON_TAG" sh -c 'python --version && pip --version' >&2
 
+# The cluster's two stand-ins (see the header), made when their tags are missing.
+POSTGRES_TAG=postgres:15
+NGINX_TAG=nginx:1.22
+build_postgres_base() {
+    local root="$WORK/postgres" version
+    bootstrap "$root" postgresql-15
+    version=$(chroot "$root" /usr/lib/postgresql/15/bin/postgres --version)
+    case "$version" in
+        *"PostgreSQL) 15."*) ;;
+        *) die "Debian's postgresql-15 is '$version', not the 15 that $POSTGRES_TAG names" ;;
+    esac
+    # The package made a `main` cluster of its own (/etc/postgresql/15/main):
+    # the entrypoint makes one in PGDATA instead.
+    rm -rf "$root"/etc/postgresql/15/main "$root"/var/lib/postgresql/15
+    install -m 0755 tools/postgres-entrypoint.sh "$root/usr/local/bin/docker-entrypoint.sh"
+    chroot "$root" install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data
+    # Where the server puts its unix socket (Debian's default directory).
+    chroot "$root" install -d -o postgres -g postgres -m 2775 /run/postgresql
+    finish_root "$root"
+    import_root "$root" "$POSTGRES_TAG" \
+        'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        'ENV LANG=C.UTF-8' \
+        'ENV PGDATA=/var/lib/postgresql/data' \
+        'USER postgres' \
+        'VOLUME /var/lib/postgresql/data' \
+        'EXPOSE 5432' \
+        'ENTRYPOINT ["docker-entrypoint.sh"]' \
+        'CMD ["postgres"]'
+}
+build_nginx_base() {
+    local root="$WORK/nginx" version
+    bootstrap "$root" nginx
+    version=$(chroot "$root" nginx -v 2>&1)
+    case "$version" in
+        *"nginx/1.22."*) ;;
+        *) die "Debian's nginx is '$version', not the 1.22 that $NGINX_TAG names" ;;
+    esac
+    finish_root "$root"
+    import_root "$root" "$NGINX_TAG" \
+        'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        'EXPOSE 80' \
+        'CMD ["nginx", "-g", "daemon off;"]'
+}
+if [ "$CLUSTER" = 1 ]; then
+    if [ "$REBUILD_BASES" = 0 ] && have_image "$POSTGRES_TAG"; then
+        log "$POSTGRES_TAG exists (--rebuild-bases to make it again)"
+    else
+        build_postgres_base
+    fi
+    docker run --rm --entrypoint postgres "$POSTGRES_TAG" --version >&2
+    if [ "$REBUILD_BASES" = 0 ] && have_image "$NGINX_TAG"; then
+        log "$NGINX_TAG exists (--rebuild-bases to make it again)"
+    else
+        build_nginx_base
+    fi
+    docker run --rm "$NGINX_TAG" nginx -v
+fi
+
 [ "$COMPOSE_BUILD" = 1 ] || exit 0
 
 # ---- pip's settings for the build, as secret files (see the header) --------
@@ -214,5 +287,8 @@ export BRUTO_PIP_CA="$WORK/pip_ca" BRUTO_PIP_CONF="$WORK/pip_conf"
 log "docker compose build"
 docker compose -f docker-compose.yml build
 docker compose -f docker-compose.processors.yml build
+if [ "$CLUSTER" = 1 ]; then
+    docker compose -f docker-compose.cluster.yml build
+fi
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \
-    | grep -E "^(bruto|bruto-emulator|python):" >&2
+    | grep -E "^(bruto|bruto-emulator|bruto-cluster|python|postgres|nginx):" >&2

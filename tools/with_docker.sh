@@ -2,7 +2,7 @@
 # Runs a command beside a Docker engine set up as docs/CONTAINERS.md does, and
 # leaves the engine as it found it.
 #
-#   tools/with_docker.sh COMMAND [ARGS...]
+#   tools/with_docker.sh [--keep-engine] COMMAND [ARGS...]
 #
 # 1. Debian's engine (docker.io, 20.10 on bookworm) and debootstrap
 #    (tools/build_images.sh needs it), with apt, when either is missing.
@@ -11,7 +11,9 @@
 #    linked as the docker CLI plugin, when `docker compose` is missing.
 # 3. When no engine answers, dockerd is started (its output in
 #    /tmp/bruto-dockerd.log) and, after COMMAND, stopped by its PID, whatever
-#    COMMAND did. An engine that was running already is left running.
+#    COMMAND did (with --keep-engine it is left running, for what COMMAND
+#    started: `make cluster-up`). An engine that was running already is left
+#    running.
 #
 # Exit status: COMMAND's (or 1 when Docker could not be set up). Needs root.
 set -euo pipefail
@@ -25,7 +27,9 @@ ENGINE_TIMEOUT_S=60
 log() { printf '[with_docker] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-[ $# -gt 0 ] || die "usage: tools/with_docker.sh COMMAND [ARGS...]"
+KEEP_ENGINE=0
+if [ "${1:-}" = --keep-engine ]; then KEEP_ENGINE=1; shift; fi
+[ $# -gt 0 ] || die "usage: tools/with_docker.sh [--keep-engine] COMMAND [ARGS...]"
 [ "$(id -u)" = 0 ] || die "run as root (apt, dockerd)"
 
 missing=""
@@ -65,7 +69,11 @@ if ! docker info >/dev/null 2>&1; then
     log "no engine answers: starting dockerd (log $DOCKERD_LOG)"
     nohup dockerd >"$DOCKERD_LOG" 2>&1 &
     started=$!
-    trap stop_engine EXIT
+    if [ "$KEEP_ENGINE" = 1 ]; then
+        log "dockerd (PID $started) stays running after the command: stop it with kill $started"
+    else
+        trap stop_engine EXIT
+    fi
     for _ in $(seq 1 $((ENGINE_TIMEOUT_S * 2))); do
         docker info >/dev/null 2>&1 && break
         kill -0 "$started" 2>/dev/null || { tail -n 20 "$DOCKERD_LOG" >&2; die "dockerd exited"; }

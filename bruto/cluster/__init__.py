@@ -8,7 +8,9 @@ confirmed (``bruto_payments``, published from each host's ledger), and each
 host's publication position (``bruto_hosts``).
 
 Imported only when the URL is set: the modules that import psycopg
-(``database``, ``link``, ``summary``, ``lookup``) are imported by the
-dispatcher and the web worker after gevent's monkey-patching, which
-psycopg's waits need to be cooperative. ``host`` and ``counters`` import no database client.
+(``client``, the only one that imports it directly, with a clear error when
+it is missing; ``database``, ``health``, ``link``, ``summary``, ``lookup``)
+are imported by the dispatcher and the web worker after gevent's
+monkey-patching, which psycopg's waits need to be cooperative. ``host`` and
+``counters`` import no database client.
 """

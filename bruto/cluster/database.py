@@ -12,14 +12,9 @@ from __future__ import annotations
 import logging
 import uuid
 
-try:
-    import psycopg
-    import psycopg_pool
-except ImportError as error:  # psycopg also raises it when it finds no libpq
-    raise ImportError("BRUTO_DATABASE_URL is set, but the PostgreSQL client is missing: pip install 'bruto[cluster]' "
-                      f"(psycopg and psycopg_pool, over Debian's libpq5): {error}") from error
-
 from bruto.cluster import schema
+from bruto.cluster.client import psycopg
+from bruto.cluster.client import psycopg_pool
 
 log = logging.getLogger("bruto.cluster")
 

@@ -21,8 +21,8 @@ import logging
 from typing import Any
 
 import gevent
-import psycopg
 
+from bruto.cluster.client import psycopg
 from bruto.cluster.database import CONNECT_TIMEOUT_S
 from bruto.cluster.database import Database
 from bruto.cluster.database import Unavailable

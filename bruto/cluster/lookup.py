@@ -43,8 +43,8 @@ import uuid
 import gevent
 import gevent.lock
 import orjson
-import psycopg
 
+from bruto.cluster.client import psycopg
 from bruto.cluster.database import Unavailable
 from bruto.shm.layout import PROCESSOR_NAMES
 from bruto.shm.lookup import NotHeld

@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from bruto.shm.layout import BREAKER_CLOSED as CLOSED
-from bruto.shm.layout import BREAKER_HALF_OPEN as HALF_OPEN
-from bruto.shm.layout import BREAKER_OPEN as OPEN
+import numpy as np
+
+from bruto.shm.layout import BREAKER_CLOSED
+from bruto.shm.layout import BREAKER_HALF_OPEN
+from bruto.shm.layout import BREAKER_OPEN
+
+# The states, as the health table stores them (a shared-memory format).
+CLOSED, HALF_OPEN, OPEN = BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN
 
 # Failures in a row that open a closed breaker. A single 500 is noise (a retry
 # costs nothing); five in a row at 500 payments/s is ten milliseconds of
@@ -94,12 +99,12 @@ def _opened(breaker: Breaker, now: int, failures: int) -> Breaker:
     return Breaker(OPEN, failures, breaker.down_since or now, now)
 
 
-def read(row) -> Breaker:
+def read(row: np.void) -> Breaker:
     """The breaker kept in a health-table row."""
     return Breaker(int(row["breaker"]), int(row["consecutive_failures"]), int(row["down_since"]), int(row["probe_at"]))
 
 
-def write(row, breaker: Breaker) -> None:
+def write(row: np.void, breaker: Breaker) -> None:
     if breaker.state != int(row["breaker"]):
         row["transitions"][breaker.state] += 1
     row["breaker"] = breaker.state

@@ -203,8 +203,10 @@ class DedupIndex:
 
     def _key(self, ref: int) -> bytes:
         if ref < self.ledger_capacity:
-            return self._ledger_keys[ref].tobytes()
-        return self._outbox_ids[ref - self.ledger_capacity].tobytes()
+            key: bytes = self._ledger_keys[ref].tobytes()
+        else:
+            key = self._outbox_ids[ref - self.ledger_capacity].tobytes()
+        return key
 
     def _keys_of(self, refs: np.ndarray) -> np.ndarray:
         keys = np.empty((len(refs), 2), dtype="<u8")

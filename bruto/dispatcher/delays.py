@@ -23,7 +23,7 @@ from bruto.shm.layout import DELAY_SECONDS
 SECOND_US = 1_000_000
 
 
-def record(row, now: int, delay_ms: int) -> tuple[int, int]:
+def record(row: np.void, now: int, delay_ms: int) -> tuple[int, int]:
     """Record that the processor showed or announced ``delay_ms`` at ``now``.
 
     Returns:
@@ -46,7 +46,7 @@ def record(row, now: int, delay_ms: int) -> tuple[int, int]:
     return second, int(ring[slot])
 
 
-def largest_since(row, since: int) -> int:
+def largest_since(row: np.void, since: int) -> int:
     """The largest delay (ms) shown or announced from ``since`` (epoch µs) on; 0 if none."""
     first = since // SECOND_US
     latest = int(row["delay_second"])

@@ -80,7 +80,7 @@ class DispatcherMetrics:
         """A POST whose answer a dispatcher's crash lost: its outcome is unknown, its time too."""
         self._outcomes[processor, OUTCOME_INDEX[Outcome.UNKNOWN]] += 1
 
-    def looked_up(self, processor: int, found) -> None:
+    def looked_up(self, processor: int, found: Stored | None | Outcome) -> None:
         """A GET /payments/{id} answered ``found`` (what ProcessorClient.lookup returns)."""
         if isinstance(found, Stored):
             result = FOUND
@@ -99,7 +99,7 @@ class DispatcherMetrics:
         self._wait_sum[0] += waited_us
         self._wait_buckets[bucket_of(waited_us)] += 1
 
-    def health_polled(self, processor: int, report) -> None:
+    def health_polled(self, processor: int, report: Health | RateLimited | None) -> None:
         """A service-health call answered ``report`` (what ProcessorClient.health returns)."""
         if isinstance(report, Health):
             result = POLL_OK

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from bruto.dispatcher import breaker
 from bruto.dispatcher.breaker import Breaker
@@ -114,7 +115,7 @@ class Policy:
 
     @classmethod
     def from_terms(cls, default_fee: float, fallback_fee: float, settlement_bound_s: float,
-                   **knobs) -> "Policy":
+                   **knobs: Any) -> "Policy":
         """The policy that follows from the fees and the settlement bound (the module docstring)."""
         patience_s = settlement_bound_s * max(0.0, fallback_fee - default_fee) / (1 - fallback_fee)
         return cls(patience_us=int(min(patience_s, settlement_bound_s) * 1_000_000), **knobs)

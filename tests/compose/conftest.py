@@ -16,11 +16,16 @@ judge), so a stack on 9999/8001/8002/9090 is left alone.
   `docker compose up -d` of docker-compose.yml, waits until it answers a
   summary and a purge, and returns a `ComposeStack`; everything it started is
   removed with `down -v` when the test ends.
+- `compose_cluster` (function): a factory that runs `docker compose up -d` of
+  docker-compose.cluster.yml (two hosts on PostgreSQL behind one balancer),
+  waits until the balancer and each host answer a summary and a purge, and
+  returns a `ComposeCluster`; removed with `down -v` when the test ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import time
 import uuid
@@ -38,6 +43,10 @@ from bruto.testbed.emulator.control import Processors
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = f"bruto-test-{uuid.uuid4().hex[:8]}"
+CLUSTER_FILE = "docker-compose.cluster.yml"
+# What tools/build_images.sh --cluster makes (`make test-compose` runs it).
+CLUSTER_IMAGES = ("bruto-cluster:latest", "postgres:15", "nginx:1.22")
+HOSTS = ("a", "b")
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +60,8 @@ def compose_env(tmp_path_factory) -> dict[str, str]:
             pytest.fail(f"no image {image}: tools/build_images.sh builds it (`make test-compose` runs it)")
     return {
         "BRUTO_PORT": str(free_port()),
+        # docker-compose.cluster.yml's hosts, each published on 127.0.0.1.
+        **{f"BRUTO_HOST_{host.upper()}_PORT": str(free_port()) for host in HOSTS},
         "BRUTO_PROMETHEUS_PORT": str(free_port()),
         "PROCESSOR_DEFAULT_PORT": str(free_port()),
         "PROCESSOR_FALLBACK_PORT": str(free_port()),
@@ -132,3 +143,53 @@ def compose_stack(compose_env, compose_log, processors):
         except Exception as error:  # noqa: BLE001 - reported below, after every stack was tried
             problems.append(str(error))
         assert problems == [], problems
+
+
+@dataclasses.dataclass
+class ComposeCluster:
+    """docker-compose.cluster.yml up under this session's project: the balancer's URL, each host's, the project."""
+
+    url: str
+    hosts: dict[str, str]
+    project: Compose
+
+    def containers(self) -> dict[str, str]:
+        return self.project.containers()
+
+    def run(self, *args: str, capture: bool = False) -> str:
+        return self.project.run(*args, capture=capture)
+
+    def shared_memory(self, host: str) -> dict:
+        """``bruto-shm --json`` inside the host's dispatcher container: what its shared memory holds."""
+        return json.loads(self.run("exec", "-T", f"host-{host}-dispatcher", "bruto-shm", "--json", capture=True))
+
+    def sql(self, statement: str) -> list[str]:
+        """The rows of one statement in the cluster's database (psql inside its container), one string each."""
+        out = self.run("exec", "-T", "postgres", "psql", "-U", "bruto", "-d", "bruto", "-At", "-v", "ON_ERROR_STOP=1",
+                       "-c", statement, capture=True)
+        return out.splitlines()
+
+
+@pytest.fixture
+def compose_cluster(compose_env, compose_log, processors):
+    for image in CLUSTER_IMAGES:
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
+            pytest.fail(f"no image {image}: tools/build_images.sh --cluster makes it (`make test-compose` runs it)")
+    started: list[ComposeCluster] = []
+
+    def start() -> ComposeCluster:
+        processors.reset()
+        cluster = ComposeCluster(
+            f"http://127.0.0.1:{compose_env['BRUTO_PORT']}",
+            {host: f"http://127.0.0.1:{compose_env[f'BRUTO_HOST_{host.upper()}_PORT']}" for host in HOSTS},
+            Compose(REPO, CLUSTER_FILE, compose_log, project=f"{PROJECT}-cluster", env=compose_env))
+        started.append(cluster)
+        cluster.run("up", "-d")
+        # Each host on its own first: a summary needs PostgreSQL up and the schema made.
+        for url in (*cluster.hosts.values(), cluster.url):
+            wait_ready(url)
+        return cluster
+
+    yield start
+    problems = [problem for cluster in started for problem in cluster.project.down()]
+    assert problems == [], problems

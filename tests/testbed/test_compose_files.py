@@ -51,8 +51,8 @@ def test_every_depends_on_of_the_compose_files_can_be_met(file):
     assert unmet(services) == []
 
 
-def test_the_compose_files_are_the_two_documented():
-    assert COMPOSE_FILES == ["docker-compose.processors.yml", "docker-compose.yml"]
+def test_the_compose_files_are_the_three_documented():
+    assert COMPOSE_FILES == ["docker-compose.cluster.yml", "docker-compose.processors.yml", "docker-compose.yml"]
 
 
 def test_an_unmet_condition_is_found():
@@ -93,3 +93,50 @@ def test_unset_the_port_and_network_variables_leave_the_challenges_names():
         assert processors["services"][name]["container_name"] == name
         assert processors["services"][name]["ports"] == [f"127.0.0.1:{port}:8080"]
     assert processors["networks"]["payment-processor"]["name"] == "payment-processor"
+
+
+def test_the_clusters_hosts_are_the_single_host_stack_each_on_its_own_shared_memory_and_one_database():
+    """docker-compose.cluster.yml: per host docker-compose.yml's four services (their commands, limits and
+    environment) from the cluster image, a shared-memory volume of the host's own, one database URL for all."""
+    single = as_the_judge_reads((REPO / "docker-compose.yml").read_text())["services"]
+    cluster = as_the_judge_reads((REPO / "docker-compose.cluster.yml").read_text())
+    services = cluster["services"]
+    url = "postgresql://bruto:bruto@postgres:5432/bruto"
+    shm_volumes = []
+    for host in ("a", "b"):
+        for role in ("balancer", "api1", "api2", "dispatcher"):
+            ours, theirs = services[f"host-{host}-{role}"], single[role]
+            assert ours["image"] == "bruto-cluster:latest" and ours["restart"] == "unless-stopped"
+            assert ours.get("command") == theirs.get("command")
+            assert ours["deploy"] == theirs["deploy"]
+            assert ours["environment"] == {**theirs["environment"], "BRUTO_DATABASE_URL": url}
+            assert "healthcheck" not in ours
+        shm = {volume.split(":")[0] for role in ("api1", "api2", "dispatcher")
+               for volume in services[f"host-{host}-{role}"]["volumes"] if volume.endswith(":/dev/shm/bruto")}
+        assert len(shm) == 1
+        shm_volumes += shm
+        assert services[f"host-{host}-balancer"]["ports"] == [f"127.0.0.1:999{'ab'.index(host) + 1}:9999"]
+    assert len(set(shm_volumes)) == 2
+    assert services["host-a-api1"]["build"]["target"] == "cluster"
+    env = services["postgres"]["environment"]
+    assert url == f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/{env['POSTGRES_DB']}"
+    assert services["balancer"]["ports"] == ["9999:9999"]
+    assert cluster["networks"]["payment-processor"] == {"external": True, "name": "payment-processor"}
+
+
+def test_the_clusters_balancer_sends_to_both_hosts():
+    """conf/nginx-cluster.conf's upstreams are the two hosts' balancers, on the port they bind."""
+    conf = (REPO / "conf" / "nginx-cluster.conf").read_text()
+    upstreams = re.findall(r"^\s*server\s+([\w.-]+:\d+)", conf, flags=re.MULTILINE)
+    services = yaml.safe_load((REPO / "docker-compose.cluster.yml").read_text())["services"]
+    assert upstreams == [f"host-{host}-balancer:9999" for host in ("a", "b")]
+    for host in ("a", "b"):
+        assert "0.0.0.0:9999" in services[f"host-{host}-balancer"]["command"]
+
+
+def test_the_single_host_file_stays_without_a_database():
+    """The judged file: the product image, no BRUTO_DATABASE_URL anywhere."""
+    single = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert single["api1"]["build"]["target"] == "product"
+    for name, service in single.items():
+        assert "BRUTO_DATABASE_URL" not in (service.get("environment") or {}), name

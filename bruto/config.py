@@ -103,6 +103,13 @@ class Settings:
     # alone, and the database client is never imported. Kept out of repr():
     # it may carry a password.
     database_url: str = dataclasses.field(default="", repr=False)
+    # Many hosts: each host's lease in PostgreSQL, renewed every quarter of
+    # it. A host that has not renewed for three quarters of it stops sending;
+    # once it has lapsed, plus the processors' largest delay and the lookup
+    # margin, another host takes its unconfirmed payments over (docs/SCALING.md).
+    # Shorter: a lost host's payments wait less; longer: a slow database stops
+    # no host. 10 s rides out a PostgreSQL restart without a takeover.
+    host_lease_s: float = 10.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -89,8 +89,9 @@ def table(snap: dict) -> str:
         lines.append(f"cluster: database {'up' if c['db_up'] else 'DOWN'}"
                      f"{', polls service-health' if c['poller'] else ''}; claimed {c['claimed']} new, "
                      f"{c['resumed']} resumed, {c['cross_host_duplicates']} dropped (another host's); "
-                     f"{c['unpublished']} unpublished; errors: claim {c['claim_errors']}, "
-                     f"publish {c['publish_errors']}")
+                     f"{c['unpublished']} unpublished; lease {'held' if c['lease_held'] else 'NOT HELD'}, "
+                     f"{c['takeovers']} takeover(s), {c['taken_over']} taken, {c['fenced']} fenced; "
+                     f"errors: claim {c['claim_errors']}, publish {c['publish_errors']}, lease {c['lease_errors']}")
     return "\n".join(lines)
 
 

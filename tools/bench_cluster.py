@@ -55,7 +55,7 @@ def main() -> None:
                                                    for table, size in sizes.items()))
     print(f"{args.rows:,} claims and confirmations in the tables; median / largest of {args.repeat}, ms")
     for size in (16, 64, 512, 4096):
-        median, largest = timed(lambda: db.claim([uuid.uuid4().bytes for _ in range(size)]), args.repeat)
+        median, largest = timed(lambda: db.claim([uuid.uuid4().bytes for _ in range(size)], [1990] * size, epoch=0), args.repeat)
         print(f"claim of {size:5d} new ids        {median:8.2f} {largest:8.2f}")
     position = [0]
 

@@ -18,7 +18,7 @@ from bruto.shm.region import Region
 
 CLUSTER = Layout(
     kind=b"cluster",
-    version=1,
+    version=2,
     counters=np.dtype([
         ("claims", "<i8"),                 # claim statements that succeeded
         ("claimed", "<i8"),                # ids claimed for the first time
@@ -30,6 +30,12 @@ CLUSTER = Layout(
         ("unpublished", "<i8"),            # gauge: ledger records not yet published
         ("db_up", "<i8"),                  # gauge: 1 while the last statement succeeded
         ("poller", "<i8"),                 # gauge: 1 while this host polls service-health for the cluster
+        ("lease_held", "<i8"),             # gauge: 1 while this host's lease lets it send
+        ("renewals", "<i8"),               # lease renewals that succeeded
+        ("lease_errors", "<i8"),           # lease renewals (or takeovers) the database did not answer
+        ("takeovers", "<i8"),              # lost hosts this host took over
+        ("taken_over", "<i8"),             # their payments this host's outbox took in (as lookups)
+        ("fenced", "<i8"),                 # payments dropped here because another host had taken them over
     ]),
     record=np.dtype([("unused", "<i8")]),
 )

@@ -28,20 +28,30 @@ STATEMENT_TIMEOUT_MS = 5000
 POOL_TIMEOUT_S = 1.5
 
 _CLAIM = """
-WITH wanted AS (SELECT unnest(%(ids)s::uuid[]) AS correlation_id),
+WITH me AS (SELECT host_id FROM bruto_hosts WHERE host_id = %(host)s AND epoch = %(epoch)s FOR KEY SHARE),
+wanted AS (SELECT * FROM unnest(%(ids)s::uuid[], %(amounts)s::bigint[]) AS w (correlation_id, amount_cents)),
 new AS (
-    INSERT INTO bruto_claims (correlation_id, host_id)
-    SELECT correlation_id, %(host)s FROM wanted
+    INSERT INTO bruto_claims (correlation_id, host_id, amount_cents)
+    SELECT correlation_id, me.host_id, amount_cents FROM wanted, me
     ON CONFLICT (correlation_id) DO NOTHING
     RETURNING correlation_id
 )
 SELECT correlation_id, true FROM new
 UNION ALL
-SELECT c.correlation_id, false FROM bruto_claims c JOIN wanted USING (correlation_id) WHERE c.host_id = %(host)s
+SELECT c.correlation_id, false FROM bruto_claims c JOIN wanted USING (correlation_id)
+WHERE c.host_id = %(host)s AND c.resolve_after IS NULL AND EXISTS (SELECT 1 FROM me)
+UNION ALL
+SELECT NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM me)
 """
 # The second branch reads the statement's snapshot, which does not hold the
 # rows the first inserts: it finds this host's claims made before (a batch
-# claimed just before a crash), never a row twice.
+# claimed just before a crash), never a row twice; not those a takeover gave
+# this host that its outbox does not hold yet (they come in as lookups first).
+# ``me`` is the fence: a claim names the epoch this host's lease holds, and
+# its key-share lock makes a takeover (which locks the row for update) wait
+# for the claim to commit, so the takeover moves what the claim inserted; a
+# claim after a takeover finds the epoch moved on and claims nothing (the
+# last branch says so).
 
 _PUBLISH = """
 INSERT INTO bruto_payments (correlation_id, processor, amount_cents, requested_at, host_id)
@@ -67,6 +77,10 @@ LATEST = 2**63 - 1
 
 class Unavailable(RuntimeError):
     """The database could not be reached, or failed the statement."""
+
+
+class Fenced(RuntimeError):
+    """Another host took this host's lease over: nothing is claimed until it reconciles."""
 
 
 class Database:
@@ -116,21 +130,112 @@ class Database:
             except psycopg.Error as error:
                 raise Unavailable(str(error).strip() or type(error).__name__) from error
 
-    def claim(self, ids: list[bytes]) -> tuple[set[bytes], set[bytes]]:
+    def claim(self, ids: list[bytes], amounts: list[int], epoch: int) -> tuple[set[bytes], set[bytes]]:
         """Claim ``ids`` for this host in one statement: (claimed now, claimed by this host before).
 
-        An id in neither set is claimed by another host.
+        An id in neither set is claimed by another host. ``epoch``: what this
+        host's lease holds (:meth:`reconcile`); raises :class:`Fenced` when the
+        lease was taken over since.
         """
-        wanted = [uuid.UUID(bytes=raw) for raw in ids]
+        params = {"ids": [uuid.UUID(bytes=raw) for raw in ids], "amounts": amounts, "host": self.host,
+                  "epoch": epoch}
 
         def work(conn):
-            return conn.execute(_CLAIM, {"ids": wanted, "host": self.host}).fetchall()
+            return conn.execute(_CLAIM, params).fetchall()
 
         new: set[bytes] = set()
         before: set[bytes] = set()
         for correlation_id, is_new in self._run(work):
+            if correlation_id is None:
+                raise Fenced("this host's lease was taken over: it claims nothing until it has reconciled")
             (new if is_new else before).add(correlation_id.bytes)
         return new, before
+
+    # -- the lease, and takeovers ---------------------------------------------------
+
+    def renew(self, epoch: int, lease_ms: int) -> bool:
+        """Renew this host's lease for ``lease_ms`` from now; False: another host took it over since ``epoch``."""
+        def work(conn):
+            return conn.execute("UPDATE bruto_hosts SET lease_until = clock_timestamp() + %s * interval '1 ms' "
+                                "WHERE host_id = %s AND epoch = %s RETURNING 1",
+                                (lease_ms, self.host, epoch)).fetchone()
+
+        return self._run(work) is not None
+
+    def reconcile(self, held: list[bytes], lease_ms: int) -> tuple[int, set[bytes]]:
+        """Take the lease at whatever epoch it is now: (that epoch, the ids among ``held`` another host claims).
+
+        One transaction, holding this host's row: no takeover can run
+        between the answer and the renewal. The caller drops what another
+        host claims before it sends anything.
+        """
+        params = {"host": self.host, "held": [uuid.UUID(bytes=raw) for raw in held], "lease_ms": lease_ms}
+
+        def work(conn):
+            with conn.transaction():
+                epoch = conn.execute("SELECT epoch FROM bruto_hosts WHERE host_id = %(host)s FOR UPDATE",
+                                     params).fetchone()[0]
+                others = conn.execute("SELECT correlation_id FROM bruto_claims WHERE correlation_id = "
+                                      "ANY(%(held)s::uuid[]) AND host_id <> %(host)s", params).fetchall()
+                conn.execute("UPDATE bruto_hosts SET lease_until = clock_timestamp() + %(lease_ms)s * "
+                             "interval '1 ms' WHERE host_id = %(host)s", params)
+            return epoch, {row[0].bytes for row in others}
+
+        return self._run(work)
+
+    def take_over(self, grace_ms: int) -> tuple[uuid.UUID, int] | None:
+        """Take over one host whose lease lapsed more than ``grace_ms`` ago: (that host, claims moved), or None.
+
+        One transaction: the lost host's row locked (a claim of its in
+        progress commits first; a host another taker holds is skipped), its
+        unconfirmed claims moved to this host with the moment its lease
+        lapsed (``resolve_after``: until this host's outbox holds them), its
+        epoch moved on, so its renewals and claims fail from now on.
+        """
+        params = {"host": self.host, "grace_ms": grace_ms}
+
+        def work(conn):
+            with conn.transaction():
+                lost = conn.execute(
+                    "SELECT host_id, lease_until FROM bruto_hosts WHERE host_id <> %(host)s "
+                    "AND lease_until < clock_timestamp() - %(grace_ms)s * interval '1 ms' "
+                    "AND taken_lease IS DISTINCT FROM lease_until LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    params).fetchone()
+                if lost is None:
+                    return None
+                params["lost"], params["lapsed"] = lost
+                moved = conn.execute(
+                    "UPDATE bruto_claims c SET host_id = %(host)s, resolve_after = %(lapsed)s "
+                    "WHERE c.host_id = %(lost)s AND c.amount_cents > 0 "
+                    "AND NOT EXISTS (SELECT 1 FROM bruto_payments p WHERE p.correlation_id = c.correlation_id)",
+                    params).rowcount
+                conn.execute("UPDATE bruto_hosts SET epoch = epoch + 1, taken_lease = lease_until "
+                             "WHERE host_id = %(lost)s", params)
+            return lost[0], moved
+
+        return self._run(work)
+
+    def taken(self, limit: int) -> tuple[list[tuple[bytes, int, int]], int]:
+        """Payments taken over by this host that its outbox does not hold yet: ([(id, cents, lapsed at)], now),
+        the moments in epoch µs of the database's clock."""
+        def work(conn):
+            return conn.execute(
+                "SELECT correlation_id, amount_cents, "
+                "(extract(epoch FROM resolve_after) * 1e6)::bigint, (extract(epoch FROM clock_timestamp()) * 1e6)::bigint "
+                "FROM bruto_claims WHERE host_id = %s AND resolve_after IS NOT NULL LIMIT %s",
+                (self.host, limit)).fetchall()
+
+        rows = self._run(work)
+        now = rows[0][3] if rows else 0
+        return [(row[0].bytes, int(row[1]), int(row[2])) for row in rows], now
+
+    def adopted(self, ids: list[bytes]) -> None:
+        """This host's outbox holds these taken-over payments now: they are its claims like any other."""
+        def work(conn):
+            conn.execute("UPDATE bruto_claims SET resolve_after = NULL WHERE host_id = %s "
+                         "AND correlation_id = ANY(%s::uuid[])", (self.host, [uuid.UUID(bytes=raw) for raw in ids]))
+
+        self._run(work)
 
     def published(self) -> int:
         """This host's publication position: its ledger index below which everything is in bruto_payments."""
@@ -193,7 +298,7 @@ class Database:
                     return False
                 conn.execute("DELETE FROM bruto_claims c USING bruto_payments p "
                              "WHERE c.correlation_id = p.correlation_id AND c.host_id <> %(host)s", params)
-                conn.execute("DELETE FROM bruto_claims WHERE host_id = %(host)s "
+                conn.execute("DELETE FROM bruto_claims WHERE host_id = %(host)s AND resolve_after IS NULL "
                              "AND NOT (correlation_id = ANY(%(held)s::uuid[]))", params)
                 conn.execute("DELETE FROM bruto_payments")
                 conn.execute("UPDATE bruto_hosts SET published = %(kept_from)s WHERE host_id = %(host)s", params)

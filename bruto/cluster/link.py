@@ -11,6 +11,15 @@
   between a ledger append and its publication republishes from the position
   the database kept; the insert ignores an id already there, so nothing
   counts twice.
+- :meth:`ClusterLink.hold_lease`, run by the dispatcher's lease greenlet
+  every ``lease_s / 4``, renews this host's lease (``bruto_hosts``) and sets
+  how long the outbox may send (``Outbox.send_until``): three quarters of the
+  lease from when the renewal was asked, so a host that cannot renew stops
+  sending well before its lease lapses in the database. The first renewal of
+  a dispatcher, and the first after a takeover, reconciles: the payments the
+  outbox holds that another host has taken over are dropped before anything
+  is sent. Then, holding its lease, this host takes over a lost host's
+  unconfirmed claims (:meth:`ClusterLink.take_over`).
 """
 
 from __future__ import annotations
@@ -23,11 +32,14 @@ import numpy as np
 
 from bruto.cluster.counters import open_cluster
 from bruto.cluster.database import Database
+from bruto.cluster.database import Fenced
 from bruto.cluster.database import Unavailable
 from bruto.cluster.host import host_id
 from bruto.cluster.host import host_label
 from bruto.config import Settings
+from bruto.dispatcher.outbox import LOOKUP_MARGIN_US
 from bruto.shm.region import Region
+from bruto.timefmt import now_us
 
 log = logging.getLogger("bruto.cluster")
 
@@ -41,6 +53,8 @@ PUBLISH_BATCH = 4096
 PUBLISH_INTERVAL_S = 0.05
 # After a failed statement, the wait before the next try.
 RETRY_S = 0.5
+# Taken-over payments handed to the outbox per statement.
+TAKEN_BATCH = 4096
 
 
 class ClusterLink:
@@ -54,7 +68,7 @@ class ClusterLink:
 
     def __init__(self, settings: Settings, ledger: Region, database: Database | None = None):
         self.db = database or Database(settings.database_url, host_id(settings.shm_dir),
-                                       host_label(settings.shm_dir), max_connections=2)
+                                       host_label(settings.shm_dir), max_connections=3)
         self.counters = open_cluster(settings.shm_dir).counters
         self._ledger = ledger
         self._position: int | None = None
@@ -64,6 +78,11 @@ class ClusterLink:
         self._record = gevent.lock.Semaphore()
         self.claims_failing = False  # the last claim found no database: the caller waits retry_s
         self.retry_s = RETRY_S
+        self.lease_us = int(settings.host_lease_s * 1_000_000)
+        self.renew_every_s = settings.host_lease_s / 4
+        # The lease's epoch this dispatcher holds; None until it has reconciled (at start, and after
+        # a takeover): nothing is claimed meanwhile.
+        self.epoch: int | None = None
 
     # -- claims ------------------------------------------------------------------
 
@@ -78,8 +97,15 @@ class ClusterLink:
             batch = outbox.to_claim(CLAIM_BATCH)
             if not batch:
                 return
+            if self.epoch is None:  # no lease yet, or taken over: the next renewal reconciles first
+                self.claims_failing = True
+                return
             try:
-                new, before = self.db.claim([correlation_id for _, correlation_id in batch])
+                new, before = self.db.claim([correlation_id for _, correlation_id in batch],
+                                            outbox.amounts(batch), self.epoch)
+            except Fenced:
+                self.claims_failing = True
+                return
             except Unavailable as error:
                 self.counters["claim_errors"] += 1
                 self._down("claim", error)
@@ -94,6 +120,70 @@ class ClusterLink:
                 self.counters["cross_host_duplicates"] += dropped
                 log.info("%d payment(s) claimed by another host: dropped here", dropped)
             if len(batch) < CLAIM_BATCH:
+                return
+
+    # -- the lease, and takeovers ---------------------------------------------------
+
+    def hold_lease(self, outbox) -> None:
+        """Renew this host's lease (reconciling first when it must), then take over a lost host.
+
+        While the database does not answer, the lease is not renewed, and the
+        outbox stops sending when the last renewal's window ends.
+        """
+        try:
+            asked_at = now_us()
+            if self.epoch is not None and not self.db.renew(self.epoch, self.lease_us // 1000):
+                log.warning("another host took this host's lease over: sending stops until it has reconciled")
+                self.epoch = None
+                outbox.send_until = 0
+            if self.epoch is None:
+                asked_at = now_us()
+                checked = outbox.claimed_entries()
+                epoch, others = self.db.reconcile([correlation_id for _, correlation_id in checked],
+                                                  self.lease_us // 1000)
+                dropped = outbox.fenced(checked, others)
+                if dropped:
+                    self.counters["fenced"] += dropped
+                    log.warning("%d payment(s) were taken over by another host: dropped here", dropped)
+                self.epoch = epoch
+            outbox.send_until = asked_at + self.lease_us * 3 // 4
+            self.counters["lease_held"] = 1
+            self.counters["renewals"] += 1
+            self._up()
+            self.take_over(outbox)
+        except Unavailable as error:
+            self.counters["lease_errors"] += 1
+            self._down("lease", error)
+        if not outbox.may_send(now_us()):
+            self.counters["lease_held"] = 0
+
+    def take_over(self, outbox) -> None:
+        """Take over one lost host's unconfirmed claims, and hand what this host was given to its outbox.
+
+        A host is lost once its lease lapsed more than the largest delay the
+        processors have shown plus the lookup margin ago; its payments come
+        into the outbox as lookups on both processors (it may have sent each
+        to either) as of the moment its lease lapsed, so none is sent again
+        before both have answered 404 with absence proven.
+        """
+        delay_ms = outbox.largest_delay_ms()
+        lost = self.db.take_over(delay_ms + LOOKUP_MARGIN_US // 1000)
+        if lost is not None and lost[1]:  # (a host that claimed nothing is fenced all the same)
+            host, moved = lost
+            self.counters["takeovers"] += 1
+            log.warning("took over host %s (its lease lapsed): %d unconfirmed payment(s)", host, moved)
+        while True:
+            rows, db_now = self.db.taken(TAKEN_BATCH)
+            if not rows:
+                return
+            local = now_us()  # after the answer: the database's moments map no earlier than they were
+            adopted = outbox.adopt([(correlation_id, cents, local + lapsed - db_now)
+                                    for correlation_id, cents, lapsed in rows], delay_ms)
+            self.counters["taken_over"] += len(adopted)
+            if not adopted:
+                return  # the outbox is full: the rest wait for the next round
+            self.db.adopted(adopted)
+            if len(rows) < TAKEN_BATCH:
                 return
 
     # -- publication -------------------------------------------------------------

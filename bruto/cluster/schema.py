@@ -62,6 +62,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             PRIMARY KEY (host_id, slot, ticket)
         );
     """),
+    (4, """
+        -- Host leases (bruto.cluster.link): a host sends only while its lease holds. Another host
+        -- takes a lost host's unconfirmed claims over once the lease has lapsed long enough, and
+        -- moves its epoch on: the fence a returning host finds (its renewals and claims name the
+        -- epoch they hold). taken_lease: the lease_until a takeover was done for (once per lapse).
+        ALTER TABLE bruto_hosts ADD COLUMN lease_until timestamptz NOT NULL DEFAULT now(),
+                                ADD COLUMN epoch bigint NOT NULL DEFAULT 0,
+                                ADD COLUMN taken_lease timestamptz;
+        -- What a taker needs to send a payment again: its amount (0 in claims made before this
+        -- version: those cannot be sent again by another host); and, from a takeover until the
+        -- taker holds the payment in its outbox, the moment the lost host's lease lapsed.
+        ALTER TABLE bruto_claims ADD COLUMN amount_cents bigint NOT NULL DEFAULT 0,
+                                 ADD COLUMN resolve_after timestamptz;
+        CREATE INDEX bruto_claims_taken ON bruto_claims (host_id) WHERE resolve_after IS NOT NULL;
+    """),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -37,31 +37,38 @@ class HealthPoller:
         metrics: a bruto.dispatcher.metrics.DispatcherMetrics, or None.
     """
 
-    def __init__(self, clients, health_rows, on_report, metrics=None):
+    def __init__(self, clients, health_rows, on_report, metrics=None, interval_us: int = POLL_INTERVAL_US):
         self._clients = clients
         self._rows = health_rows
         self._on_report = on_report
         self._metrics = metrics
+        self._interval_us = interval_us
 
     def run(self, may_poll=None) -> None:
-        """Forever. ``may_poll``: called before each round; False skips it (another host polls: bruto.cluster.health)."""
+        """Forever, each processor on a greenlet of its own: a call may wait up to
+        bruto.dispatcher.processor.HEALTH_TIMEOUT_S for its answer, and one processor's wait must
+        not hold back the other's reports. ``may_poll``: asked before each call; False skips it
+        (another host polls: bruto.cluster.health)."""
+        gevent.joinall([gevent.spawn(self._run_one, processor, may_poll) for processor in range(len(self._clients))])
+
+    def _run_one(self, processor: int, may_poll) -> None:
+        row = self._rows[processor]
         while True:
             if may_poll is not None and not may_poll():
                 gevent.sleep(0.1)
                 continue
-            now = now_us()
-            due = [p for p in range(len(self._clients)) if int(self._rows[p]["next_poll_at"]) <= now]
-            if due:
-                gevent.joinall([gevent.spawn(self.poll, p) for p in due])
-            next_at = min(int(row["next_poll_at"]) for row in self._rows)
-            gevent.sleep(max(0.05, (next_at - now_us()) / 1_000_000))
+            wait_us = int(row["next_poll_at"]) - now_us()
+            if wait_us <= 0:
+                self.poll(processor)
+            else:
+                gevent.sleep(max(0.05, wait_us / 1_000_000))
 
     def poll(self, processor: int) -> None:
         row = self._rows[processor]
         asked_at = now_us()
         # Claim the window before calling, so a crash mid-call cannot lead to a
         # second call in the same window.
-        row["next_poll_at"] = asked_at + POLL_INTERVAL_US
+        row["next_poll_at"] = asked_at + self._interval_us
         try:
             report = self._clients[processor].health()
         except Exception:

@@ -32,6 +32,8 @@ An entry's states (bruto.shm.layout), and what moves it:
 | UNRESOLVED | lookup due                     | action Lookup on P                                    |
 | UNRESOLVED | lookup: stored                 | ledger += what P stored; FREE                         |
 | UNRESOLVED | lookup: 404, absence proven    | QUEUED, ready at once (may go anywhere)               |
+| UNRESOLVED | the same, ``look_up_other``    | UNRESOLVED on the other processor; lookup when due    |
+| (cluster)  | taken over from a lost host    | UNRESOLVED on default, ``look_up_other``              |
 | UNRESOLVED | lookup: 404 not proven, error  | UNRESOLVED; lookup again later, backing off           |
 | QUEUED     | purge carried out              | FREE (drained before the purge was asked)             |
 
@@ -150,6 +152,9 @@ class Outbox:
         self._free: list[int] = []
         self._ready: collections.deque[int] = collections.deque()
         self._unclaimed: list[int] = []  # queued, not yet claimed (only while claiming), oldest first
+        # Many hosts: nothing is sent from this moment on (epoch µs) until this host's lease is renewed
+        # (bruto.cluster.link sets it); closed until the first renewal. None: one host, no lease.
+        self.send_until: int | None = 0 if claiming else None
         self._cluster_purges: set[int] = set()  # slots whose purge waits for the cluster's record (claiming)
         self._timers: list[tuple[int, int, int]] = []  # heap of (due, entry, generation)
         self._latencies = tuple(collections.deque(maxlen=LATENCY_SAMPLES) for _ in PROCESSOR_NAMES)
@@ -223,6 +228,7 @@ class Outbox:
                     entry["accepted_at"] = record["accepted_at"]
                     entry["attempts"] = 0
                     entry["purged"] = 0
+                    entry["look_up_other"] = 0
                     entry["state"] = QUEUED  # the entry is complete: publish it
                     self._in_use["in_use"] += 1
                     ready.append(index)
@@ -234,6 +240,10 @@ class Outbox:
     def to_claim(self, limit: int) -> list[tuple[int, bytes]]:
         """The oldest queued payments not claimed yet: (entry, correlationId), at most ``limit``."""
         return [(index, self._entries[index]["correlation_id"].tobytes()) for index in self._unclaimed[:limit]]
+
+    def amounts(self, batch: list[tuple[int, bytes]]) -> list[int]:
+        """The amount of each payment of a :meth:`to_claim` batch (a claim keeps it for a taker)."""
+        return [int(self._entries[index]["amount_cents"]) for index, _ in batch]
 
     def claimed(self, batch: list[tuple[int, bytes]], mine: set[bytes]) -> int:
         """The claim of ``batch`` (what :meth:`to_claim` gave) is decided: the ids in ``mine`` are this
@@ -258,6 +268,94 @@ class Outbox:
                 self._release(index, forget=True)
                 dropped += 1
         return dropped
+
+    # -- many hosts: the lease, and takeovers (bruto.cluster.link) -----------------------
+
+    def may_send(self, now: int) -> bool:
+        """Whether a payment may go out now: always on one host; on many, while the lease holds."""
+        return self.send_until is None or now < self.send_until
+
+    def claimed_entries(self) -> list[tuple[int, bytes]]:
+        """Every payment held past its claim: (entry, correlationId). A lease taken over checks them all."""
+        unclaimed = set(self._unclaimed)
+        ids = self._entries["correlation_id"]
+        return [(int(index), ids[index].tobytes()) for index in np.flatnonzero(self._entries["state"] != FREE)
+                if int(index) not in unclaimed]
+
+    def fenced(self, checked: list[tuple[int, bytes]], others: set[bytes]) -> int:
+        """Of the payments :meth:`claimed_entries` gave, those in ``others`` were taken over by another
+        host while this host's lease had lapsed: dropped here, never sent from here again (an answer
+        still out for one is ignored). Returns how many."""
+        dropped = set()
+        for index, correlation_id in checked:
+            entry = self._entries[index]
+            if correlation_id in others and entry["state"] != FREE and entry["correlation_id"].tobytes() == correlation_id:
+                self._release(index, forget=True)
+                dropped.add(index)
+        if dropped:
+            self._ready = collections.deque(index for index in self._ready if index not in dropped)
+            self._unclaimed = [index for index in self._unclaimed if index not in dropped]
+        return len(dropped)
+
+    def adopt(self, payments: list[tuple[bytes, int, int]], delay_ms: int) -> list[bytes]:
+        """Payments taken over from a lost host: (correlationId, cents, when its lease lapsed).
+
+        The lost host may have sent each to either processor before its lease
+        lapsed, so each becomes a lookup on default and then on fallback, as
+        if sent at that moment with ``delay_ms`` announced (the largest delay
+        known): it goes out again only once both have proven it absent.
+        Returns the ids held here now; the others wait (the outbox is full).
+        """
+        held = []
+        unclaimed = set(self._unclaimed)
+        converted = set()
+        for correlation_id, amount_cents, lapsed_at in payments:
+            ref = self._dedup.find(correlation_id)
+            if ref is None:
+                if not self._free:
+                    break
+                index = self._free[-1]
+                self._dedup.insert(correlation_id, self._dedup.outbox_ref(index))
+                self._free.pop()
+                entry = self._entries[index]
+                entry["correlation_id"] = correlation_id
+                entry["amount_cents"] = amount_cents
+                entry["accepted_at"] = lapsed_at
+                entry["purged"] = 0
+                self._in_use["in_use"] += 1
+            else:
+                index = ref - self._dedup.ledger_capacity
+                if index < 0 or index not in unclaimed:
+                    held.append(correlation_id)  # confirmed here, or held as this host's claim already
+                    continue
+                # Accepted here too, waiting for its claim: the claim is this host's now, but the
+                # lost host may have sent it, so it is looked up like the rest.
+                entry = self._entries[index]
+                converted.add(index)
+            entry["processor"] = DEFAULT
+            entry["requested_at"] = 0
+            entry["sent_at"] = lapsed_at
+            entry["announced_ms"] = min(delay_ms, 2**31 - 1)
+            entry["attempts"] = 0
+            entry["look_up_other"] = 1
+            entry["state"] = UNRESOLVED  # last: the entry is complete
+            self._schedule(index, self._provable_at(index))
+            held.append(correlation_id)
+        if converted:
+            self._unclaimed = [index for index in self._unclaimed if index not in converted]
+        return held
+
+    def largest_delay_ms(self) -> int:
+        """The largest delay either processor has shown or announced as far as this host remembers."""
+        return max(max(delays.largest_since(row, 0), int(row["min_response_ms"])) for row in self._health)
+
+    def withheld(self, send: Send, now: int) -> None:
+        """The shell did not carry a :class:`Send` out (the lease lapsed in between): queued again."""
+        self.in_flight[send.processor] -= 1
+        self._out[send.processor].pop((send.entry, send.generation), None)
+        if send.generation == self._generation[send.entry]:
+            self._entries[send.entry]["state"] = QUEUED
+            self._schedule(send.entry, now)
 
     def cluster_purges(self) -> list[tuple[int, int, int, list[bytes]]]:
         """Purges carried out here whose cluster part is pending (claiming only): (slot, ticket, the
@@ -353,7 +451,13 @@ class Outbox:
         if isinstance(found, Stored):
             self._confirm(index, lookup.processor, found.requested_at, found.amount_cents, now)
         elif found is None and self._absence_proven(index, lookup.asked_at):
-            if entry["purged"]:
+            if entry["look_up_other"]:
+                # Taken over: the other processor may have it. The processor first, then the
+                # flag: a crash between looks the other up once more, never neither.
+                entry["processor"] = 1 - lookup.processor
+                entry["look_up_other"] = 0
+                self._schedule(index, max(now, self._provable_at(index)))
+            elif entry["purged"]:
                 self._release(index, forget=True)  # stored by no one, and purged since: gone
             else:
                 entry["state"] = QUEUED  # stored by no one: free to go anywhere, with a new requestedAt
@@ -407,7 +511,7 @@ class Outbox:
     def wake_at(self, now: int) -> int | None:
         """When :meth:`poll` will have something to do without another event; None: never."""
         due = self._timers[0][0] if self._timers else None
-        if self._ready:
+        if self._ready and self.may_send(now):
             changes = [routing.next_change(tuple(self._breakers), now, self.policy, tuple(self._slow_since)),
                        *(self._latency_changes_at(processor, now) for processor in (DEFAULT, FALLBACK))]
             due = min((at for at in (due, *changes) if at is not None), default=None)
@@ -475,6 +579,8 @@ class Outbox:
                 self._slow_since[processor] = now
         slow_since = tuple(self._slow_since)
         is_late = (self.is_late(DEFAULT, now), self.is_late(FALLBACK, now))
+        if not self.may_send(now):
+            return  # many hosts: this host's lease is not renewed (bruto.cluster.link)
         while self._ready:
             choice = routing.choose(tuple(self._breakers), latencies, tuple(self.in_flight), now, self.policy,
                                     slow_since, is_late)

@@ -101,6 +101,7 @@ class Dispatcher:
             gevent.spawn(self.poller.run, self.cluster_health.may_poll)  # one poller per cluster
             gevent.spawn(self.cluster_health.run)
             gevent.spawn(self.cluster.run_publisher)
+            gevent.spawn(self._hold_lease, self.cluster)
             gevent.spawn(self._claim, self.cluster)
             gevent.spawn(self._purge_cluster, self.cluster)
         while True:
@@ -134,6 +135,11 @@ class Dispatcher:
 
     def _send(self, send: Send) -> None:
         started = now_us()
+        if not self.outbox.may_send(started):
+            # Many hosts: the lease lapsed between the decision and now; another host may take the
+            # payment over once it has lapsed long enough, so it must not leave from here.
+            self._feed(self.outbox.withheld, send, started)
+            return
         try:
             outcome = self.clients[send.processor].pay(
                 send.correlation_id, send.amount_cents, send.requested_at, send.timeout_s)
@@ -164,6 +170,13 @@ class Dispatcher:
                 self._claims_due.set()
             elif self.outbox.to_claim(1):  # more than a batch, or more drained meanwhile
                 self._claims_due.set()
+
+    def _hold_lease(self, cluster: ClusterLink) -> None:
+        """The lease's greenlet (many hosts): renewed every quarter of the lease, off the loop; a host
+        that cannot renew stops sending when its window ends (bruto.cluster.link)."""
+        while True:
+            self._feed(cluster.hold_lease, self.outbox)
+            gevent.sleep(cluster.renew_every_s)
 
     def _polled(self, processor: int, report, asked_at: int, now: int) -> None:
         """A report of this host's own poll: folded in, and shared with the cluster's other hosts."""

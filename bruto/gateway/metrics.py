@@ -85,6 +85,7 @@ def _cluster(c: dict):
                                  "Statements that failed: the database unreachable or failing.", labels=["work"])
     errors.add_metric(["claim"], c["claim_errors"])
     errors.add_metric(["publish"], c["publish_errors"])
+    errors.add_metric(["lease"], c["lease_errors"])
     yield errors
     yield _counter("bruto_cluster_published_payments", "Confirmations this host wrote to the cluster's record.",
                    value=c["published"])
@@ -93,6 +94,19 @@ def _cluster(c: dict):
                  value=c["unpublished"])
     yield _gauge("bruto_cluster_health_poller", "1 while this host polls service-health for the whole cluster.",
                  value=c["poller"])
+    yield _gauge("bruto_cluster_lease_held", "1 while this host's lease lets it send (renewed in time).",
+                 value=c["lease_held"])
+    yield _counter("bruto_cluster_lease_renewals", "Renewals of this host's lease that succeeded.",
+                   value=c["renewals"])
+    yield _counter("bruto_cluster_takeovers", "Lost hosts (lease lapsed) whose unconfirmed payments this host took over.",
+                   value=c["takeovers"])
+    taken = CounterMetricFamily("bruto_cluster_taken_over_payments",
+                                "Payments that changed host in a takeover: taken (into this host's outbox, to be "
+                                "looked up on both processors), fenced (dropped here: another host had taken them).",
+                                labels=["result"])
+    taken.add_metric(["taken"], c["taken_over"])
+    taken.add_metric(["fenced"], c["fenced"])
+    yield taken
     yield _gauge("bruto_cluster_database_up", "1 while this host's last statement to the database succeeded.",
                  value=c["db_up"])
 

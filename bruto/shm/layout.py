@@ -133,7 +133,7 @@ UNRESOLVED = 3  # `processor` may have stored it: only that processor may have i
 
 OUTBOX = Layout(
     kind=b"outbox",
-    version=3,
+    version=4,
     counters=np.dtype([
         ("in_use", "<i8"),
     ]),
@@ -148,6 +148,9 @@ OUTBOX = Layout(
         ("state", "u1"),
         ("processor", "u1"),         # target of the last attempt
         ("purged", "u1"),            # 1: out when a purge was carried out; kept only if a processor stored it
+        # 1: taken over from a lost host (bruto.cluster), which may have sent it to either
+        # processor: once `processor` has proven it absent, the other is looked up too.
+        ("look_up_other", "u1"),
     ]),
 )
 

@@ -186,12 +186,12 @@ def health_polls(host) -> dict:
             for result in ("ok", "rate_limited")}
 
 
-def wait_for(condition, timeout: float, what: str):
+def wait_for(condition, timeout: float, what: str, poll_s: float = 0.2):
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.2)
+        time.sleep(poll_s)
 
 
 def test_one_host_polls_service_health_for_both_and_another_takes_over_when_it_dies(two_hosts):

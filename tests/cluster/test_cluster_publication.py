@@ -141,12 +141,12 @@ def test_a_window_of_the_summary_is_read_from_its_index(database_url):
 def test_a_purge_of_the_record_keeps_what_another_host_holds_unconfirmed_and_happens_once(tmp_path, database_url):
     a, b = Host(tmp_path, "a", database_url), Host(tmp_path, "b", database_url)
     confirmed_a = [a.confirm(T + n * 1000, 100) for n in range(3)]
-    a.link.db.claim(confirmed_a)
+    a.link.db.claim(confirmed_a, [100] * 3, epoch=0)
     a.link.publish_once()
-    b.link.db.claim([b.confirm(T, 5)])
+    b.link.db.claim([b.confirm(T, 5)], [5], epoch=0)
     b.link.publish_once()
     in_flight_on_b = uuid.uuid4().bytes
-    b.link.db.claim([in_flight_on_b])  # claimed by b, not confirmed yet
+    b.link.db.claim([in_flight_on_b], [9], epoch=0)  # claimed by b, not confirmed yet
     assert a.link.db.purge(slot=0, ticket=1, kept_from=3, held=[]) is True
     with psycopg.connect(database_url) as conn:
         claims = conn.execute("SELECT correlation_id FROM bruto_claims").fetchall()

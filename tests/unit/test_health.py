@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gevent
+import gevent.event
 import numpy as np
 
 from bruto.dispatcher.health import POLL_INTERVAL_US
@@ -61,3 +63,38 @@ def test_a_failed_call_still_uses_the_window():
         health.poll(DEFAULT)
         assert int(rows[DEFAULT]["next_poll_at"]) >= before + POLL_INTERVAL_US
         assert reports == []
+
+
+class Hangs:
+    """A client whose health() waits until released, as a processor that never answers."""
+
+    def __init__(self):
+        self.released = gevent.event.Event()
+        self.calls = 0
+
+    def health(self):
+        self.calls += 1
+        self.released.wait()
+        return None
+
+
+class Healthy:
+    def health(self):
+        return Health(False, 0)
+
+
+def test_a_processor_whose_health_call_hangs_holds_back_no_report_of_the_other():
+    rows = np.zeros(2, dtype=HEALTH.record)
+    hanging = Hangs()
+    reports = []
+    health = HealthPoller([hanging, Healthy()], rows, lambda *report: reports.append(report), interval_us=10_000)
+    running = gevent.spawn(health.run)
+    try:
+        with gevent.Timeout(30):  # generous: the reports below come every 50 ms
+            while len(reports) < 5:
+                gevent.sleep(0.01)
+        assert hanging.calls == 1  # default's first call still waits for its answer
+        assert {processor for processor, *_ in reports} == {1}  # and fallback's reports kept coming
+    finally:
+        hanging.released.set()
+        running.kill()

@@ -11,12 +11,15 @@ from __future__ import annotations
 import uuid
 
 from bruto.dispatcher import routing
+from bruto.dispatcher.outbox import Lookup
 from bruto.dispatcher.outbox import Outbox
 from bruto.dispatcher.outbox import Send
 from bruto.dispatcher.outcomes import Health
 from bruto.dispatcher.outcomes import Outcome
+from bruto.dispatcher.outcomes import Stored
 from bruto.shm.intake import IntakeWriter
 from bruto.shm.layout import DEFAULT
+from bruto.shm.layout import FALLBACK
 from bruto.shm.layout import FREE
 from bruto.shm.layout import QUEUED
 from bruto.shm.layout import UNRESOLVED
@@ -39,6 +42,8 @@ class Host:
     def restart(self):
         self.outbox = Outbox(self.regions, POLICY, claiming=self.claiming)
         self.outbox.recover(self.now)
+        if self.claiming:
+            self.outbox.send_until = self.now + 3600 * S  # this host's lease holds (bruto.cluster.link)
         self.outbox.health_reported(DEFAULT, Health(False, 0), self.now, self.now)
 
     def accept(self, correlation_id: bytes) -> None:
@@ -161,3 +166,79 @@ def test_a_purge_is_done_only_once_the_clusters_record_is_purged_too_even_across
     a.outbox.cluster_purged(slot, claimed)
     assert a.writer.purge_done(ticket) and not a.outbox.cluster_purge_pending
     assert int(a.regions.dispatch.counters["purges"]) == 1
+
+
+# -- leases and takeovers (bruto.cluster.link) --------------------------------------
+
+
+def taken_over(host: Host, correlation_id: bytes) -> None:
+    """A payment another host's lease held, handed over 2 s after that lease lapsed; both processors
+    have answered a service-health call since."""
+    host.outbox.health_reported(FALLBACK, Health(False, 0), host.now, host.now)
+    assert host.outbox.adopt([(correlation_id, 1990, host.now - 2 * S)], delay_ms=0) == [correlation_id]
+    assert host.state(correlation_id) == UNRESOLVED and host.outbox.to_claim(10) == []
+
+
+def test_a_payment_taken_over_is_looked_up_on_both_processors_before_it_may_go_anywhere():
+    b = Host("b", {})
+    taken = uuid.uuid4().bytes
+    taken_over(b, taken)
+    [lookup] = b.outbox.poll(b.now)
+    assert isinstance(lookup, Lookup) and lookup.processor == DEFAULT
+    b.outbox.lookup_done(lookup, None, b.now)  # 404 with absence proven: but fallback may have it
+    [lookup] = b.outbox.poll(b.now)
+    assert isinstance(lookup, Lookup) and lookup.processor == FALLBACK
+    b.outbox.lookup_done(lookup, None, b.now)  # absent there too: now it may go anywhere
+    [send] = b.outbox.poll(b.now)
+    assert isinstance(send, Send) and (send.correlation_id, send.amount_cents) == (taken, 1990)
+
+
+def test_a_payment_taken_over_and_found_stored_is_confirmed_as_stored_and_never_sent():
+    b = Host("b", {})
+    taken = uuid.uuid4().bytes
+    taken_over(b, taken)
+    [lookup] = b.outbox.poll(b.now)
+    b.outbox.lookup_done(lookup, None, b.now)
+    [lookup] = b.outbox.poll(b.now)
+    b.outbox.lookup_done(lookup, Stored(b.now - 3 * S, 1990), b.now)  # the lost host's request, stored
+    assert totals(b.regions.ledger, None, None).requests == (0, 1)
+    assert b.state(taken) == FREE and b.step() == []
+
+
+def test_a_payment_taken_over_that_this_host_had_accepted_too_is_looked_up_not_claimed():
+    b = Host("b", {})
+    shared = uuid.uuid4().bytes
+    b.accept(shared)
+    b.outbox.drain(b.now)  # waiting for its claim ...
+    taken_over(b, shared)  # ... when the takeover gives it to this host
+    assert b.regions.outbox.counters["in_use"] == 1
+    [lookup] = b.outbox.poll(b.now)
+    assert isinstance(lookup, Lookup) and lookup.correlation_id == shared
+
+
+def test_a_host_whose_payments_were_taken_over_drops_them_and_sends_none():
+    a = Host("a", {})
+    out, waiting = uuid.uuid4().bytes, uuid.uuid4().bytes
+    a.accept(out)
+    [send] = a.step()
+    a.outbox.send_until = a.now  # its lease lapsed: nothing more goes out
+    a.accept(waiting)
+    assert a.step() == []  # claimed, not sent
+    checked = a.outbox.claimed_entries()
+    assert sorted(cid for _, cid in checked) == sorted([out, waiting])
+    assert a.outbox.fenced(checked, {out, waiting}) == 2  # another host has them now
+    a.outbox.send_until = a.now + 3600 * S  # reconciled: its lease holds again
+    a.outbox.attempt_done(send, Outcome.UNKNOWN, a.now, 1000)  # the answer of the one out changes nothing
+    a.now += 10 * S
+    assert a.step() == [] and a.outbox.poll(a.now) == [] and a.regions.outbox.counters["in_use"] == 0
+
+
+def test_a_send_caught_by_its_lease_lapsing_is_queued_again():
+    a = Host("a", {})
+    payment = uuid.uuid4().bytes
+    a.accept(payment)
+    [send] = a.step()
+    a.outbox.withheld(send, a.now)  # the shell found the lease lapsed just before writing it
+    assert a.state(payment) == QUEUED and a.outbox.in_flight == [0, 0]
+    [again] = a.step()
+    assert again.correlation_id == payment

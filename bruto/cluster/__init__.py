@@ -10,7 +10,8 @@ renew its lease stops sending; another takes its unconfirmed claims over).
 
 Imported only when the URL is set: the modules that import psycopg
 (``client``, the only one that imports it directly, with a clear error when
-it is missing; ``database``, ``health``, ``link``, ``summary``) are imported by the dispatcher and the
-web worker after gevent's monkey-patching, which psycopg's waits need to be
-cooperative. ``host`` and ``counters`` import no database client.
+it is missing; ``database``, ``health``, ``link``, ``summary``, ``lookup``)
+are imported by the dispatcher and the web worker after gevent's
+monkey-patching, which psycopg's waits need to be cooperative. ``host`` and
+``counters`` import no database client.
 """

@@ -4,6 +4,9 @@ POST /payments never leaves the process: validate, append to this worker's
 intake slab, answer 202. Summaries are vectorized sums over the shared ledger,
 and GET /payments/{correlationId} reads where the payment is in the shared
 regions (bruto.shm.lookup), so any worker of any instance answers them alike.
+With BRUTO_DATABASE_URL both answer for the cluster: the summary from
+PostgreSQL, the lookup from it where this host's shared memory does not know
+(bruto.cluster.summary, bruto.cluster.lookup).
 """
 
 from __future__ import annotations
@@ -137,12 +140,23 @@ class Summary:
 
 
 class PaymentState:
-    """GET /payments/{correlationId}: where one payment is, from shared memory (bruto.shm.lookup)."""
+    """GET /payments/{correlationId}: where one payment is, from shared memory (bruto.shm.lookup); with
+    BRUTO_DATABASE_URL, from the cluster's record too where this host does not know (bruto.cluster.lookup)."""
 
-    def __init__(self, shm_dir: str, counters: GatewayCounters):
-        self._shm_dir = shm_dir
+    def __init__(self, settings: Settings, counters: GatewayCounters):
+        self._shm_dir = settings.shm_dir
         self._counters = counters
         self._finder: PaymentFinder | None = None
+        self._cluster = None
+        if settings.database_url:
+            # Only with a URL: psycopg, imported after gevent's patch (the worker loads the app after it).
+            from bruto.cluster.host import host_id
+            from bruto.cluster.host import host_label
+            from bruto.cluster.lookup import ClusterFinder
+            from bruto.cluster.lookup import ClusterRecord
+
+            self._cluster = ClusterFinder(ClusterRecord(settings.database_url), host_id(settings.shm_dir),
+                                          host_label(settings.shm_dir))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, correlation_id: str) -> None:
         try:
@@ -160,6 +174,14 @@ class PaymentState:
             return
         found = self._finder.find(raw)
         resp.content_type = JSON
+        if self._cluster is not None:
+            answer = self._cluster.answer(raw, found)
+            self._counters.response(req.path, answer.status)
+            resp.status = answer.status
+            resp.data = answer.body
+            if answer.retry_after is not None:
+                resp.retry_after = answer.retry_after
+            return
         if isinstance(found, Payment):
             self._counters.response(req.path, 200)
             resp.data = found.json()
@@ -220,7 +242,7 @@ def create_app(settings: Settings | None = None) -> falcon.App:
     app.req_options.auto_parse_qs_csv = False
     app.set_error_serializer(functools.partial(_serialize_http_error, counters))
     app.add_route("/payments", Payments(intake, counters))
-    app.add_route("/payments/{correlation_id}", PaymentState(settings.shm_dir, counters))
+    app.add_route("/payments/{correlation_id}", PaymentState(settings, counters))
     app.add_route("/payments-summary", Summary(settings, counters))
     app.add_route("/purge-payments", GuardedPurge(Purge(intake, counters, settings.purge_timeout_s), settings, counters))
     app.add_route("/metrics", Metrics(settings.shm_dir, counters))

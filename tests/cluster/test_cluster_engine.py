@@ -78,4 +78,4 @@ def test_without_a_database_url_no_process_imports_psycopg(tmp_path):
     loaded = done.stdout
     assert "bruto.gateway.app" in loaded and "bruto.dispatcher.service" in loaded
     assert "psycopg" not in loaded
-    assert not any(f"bruto.cluster.{module}" in loaded for module in ("database", "link", "summary"))
+    assert not any(f"bruto.cluster.{module}" in loaded for module in ("database", "link", "summary", "lookup"))

@@ -1,6 +1,6 @@
-"""The product type-checks: mypy as pyproject.toml configures it (strict for bruto/shm, the HTTP protocol
-and the descriptor hand-off; mypy's defaults for the rest of the product; stubs for the libraries that
-ship no types)."""
+"""The product type-checks: mypy as pyproject.toml configures it (strict for bruto/shm, bruto/dispatcher,
+the HTTP protocol and the descriptor hand-off; mypy's defaults for the rest of the product; stubs for the
+libraries that ship no types)."""
 
 from __future__ import annotations
 
@@ -17,16 +17,18 @@ def test_mypy_finds_nothing():
 
 
 def test_the_strict_modules_are_checked_strictly(tmp_path):
-    # An unannotated function passes mypy's defaults; in bruto/shm it must not.
+    # An unannotated function passes mypy's defaults; in bruto/shm and bruto/dispatcher it must not.
     (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
-    package = tmp_path / "bruto" / "shm"
-    package.mkdir(parents=True)
-    for init in (tmp_path / "bruto" / "__init__.py", package / "__init__.py"):
-        init.write_text("")
+    (tmp_path / "bruto").mkdir()
+    (tmp_path / "bruto" / "__init__.py").write_text("")
     untyped = "def untyped(x):\n    return x\n"
-    (package / "probe.py").write_text(untyped)
+    for strict in ("shm", "dispatcher"):
+        (tmp_path / "bruto" / strict).mkdir()
+        (tmp_path / "bruto" / strict / "__init__.py").write_text("")
+        (tmp_path / "bruto" / strict / "probe.py").write_text(untyped)
     (tmp_path / "bruto" / "elsewhere.py").write_text(untyped)
-    checked = subprocess.run([sys.executable, "-m", "mypy", "bruto/shm/probe.py", "bruto/elsewhere.py"],
-                             cwd=tmp_path, capture_output=True, text=True)
+    checked = subprocess.run([sys.executable, "-m", "mypy", "bruto/shm/probe.py", "bruto/dispatcher/probe.py",
+                              "bruto/elsewhere.py"], cwd=tmp_path, capture_output=True, text=True)
     assert checked.returncode == 1, checked.stdout + checked.stderr
-    assert [line.split(":")[0] for line in checked.stdout.splitlines() if ": error:" in line] == ["bruto/shm/probe.py"]
+    flagged = sorted(line.split(":")[0] for line in checked.stdout.splitlines() if ": error:" in line)
+    assert flagged == ["bruto/dispatcher/probe.py", "bruto/shm/probe.py"]

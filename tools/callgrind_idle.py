@@ -1,6 +1,6 @@
 """Instructions per idle request of the whole gunicorn worker, under callgrind.
 
-    python tools/callgrind_idle.py [--src CHECKOUT] [--requests 300,1300] [--interval-ms 20]
+    python tools/callgrind_idle.py [--src CHECKOUT] [--requests 300,3300] [--interval-ms 20] [--keep DIR]
 
 tools/callgrind_post.py counts the protocol and the app alone; this counts
 everything the worker process executes while it serves POST /payments that
@@ -14,6 +14,7 @@ runs' totals over the difference of their counts is the cost of one request
 ``--src``: another checkout to measure (put first on PYTHONPATH), e.g. a
 ``git worktree`` of an older revision. Needs valgrind. Slow (valgrind runs
 Python ~50x slower), but a count, not a timing: it may run beside other work.
+``--keep``: leave callgrind's files there, for callgrind_annotate.
 """
 
 from __future__ import annotations
@@ -92,12 +93,15 @@ def worker_instructions(src: Path, requests: int, interval_s: float, out_dir: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=ROOT, help="the checkout to measure (default: this one)")
-    parser.add_argument("--requests", default="300,1300", help="the two request counts")
+    parser.add_argument("--requests", default="300,3300", help="the two request counts")
     parser.add_argument("--interval-ms", type=float, default=20.0)
+    parser.add_argument("--keep", type=Path, help="keep callgrind's files in this directory")
     args = parser.parse_args()
     low, high = (int(n) for n in args.requests.split(","))
-    with tempfile.TemporaryDirectory(prefix="bruto-cg-out-") as out:
-        counts = [worker_instructions(args.src.resolve(), n, args.interval_ms / 1000, Path(out)) for n in (low, high)]
+    with tempfile.TemporaryDirectory(prefix="bruto-cg-out-") as scratch:
+        out = args.keep or Path(scratch)
+        out.mkdir(parents=True, exist_ok=True)
+        counts = [worker_instructions(args.src.resolve(), n, args.interval_ms / 1000, out) for n in (low, high)]
     print(f"{args.src}: worker {counts[0]:,} instructions for {low} requests, {counts[1]:,} for {high}: "
           f"{(counts[1] - counts[0]) / (high - low):,.0f} per idle request")
 

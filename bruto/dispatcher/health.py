@@ -12,9 +12,14 @@ outbox (``Outbox.health_reported``): the poller only makes the calls.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Protocol
 
 import gevent
+import numpy as np
 
+from bruto.dispatcher.metrics import DispatcherMetrics
 from bruto.dispatcher.outcomes import Health
 from bruto.dispatcher.outcomes import RateLimited
 from bruto.shm.layout import PROCESSOR_NAMES
@@ -27,6 +32,10 @@ log = logging.getLogger("bruto.dispatcher.health")
 POLL_INTERVAL_US = 5_100_000
 
 
+class HealthClient(Protocol):
+    def health(self) -> Health | RateLimited | None: ...
+
+
 class HealthPoller:
     """Calls each processor's service-health when its window opens.
 
@@ -37,21 +46,23 @@ class HealthPoller:
         metrics: a bruto.dispatcher.metrics.DispatcherMetrics, or None.
     """
 
-    def __init__(self, clients, health_rows, on_report, metrics=None, interval_us: int = POLL_INTERVAL_US):
+    def __init__(self, clients: Sequence[HealthClient], health_rows: np.ndarray,
+                 on_report: Callable[[int, Health, int, int], None], metrics: DispatcherMetrics | None = None,
+                 interval_us: int = POLL_INTERVAL_US):
         self._clients = clients
         self._rows = health_rows
         self._on_report = on_report
         self._metrics = metrics
         self._interval_us = interval_us
 
-    def run(self, may_poll=None) -> None:
+    def run(self, may_poll: Callable[[], bool] | None = None) -> None:
         """Forever, each processor on a greenlet of its own: a call may wait up to
         bruto.dispatcher.processor.HEALTH_TIMEOUT_S for its answer, and one processor's wait must
         not hold back the other's reports. ``may_poll``: asked before each call; False skips it
         (another host polls: bruto.cluster.health)."""
         gevent.joinall([gevent.spawn(self._run_one, processor, may_poll) for processor in range(len(self._clients))])
 
-    def _run_one(self, processor: int, may_poll) -> None:
+    def _run_one(self, processor: int, may_poll: Callable[[], bool] | None) -> None:
         row = self._rows[processor]
         while True:
             if may_poll is not None and not may_poll():

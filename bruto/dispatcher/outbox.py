@@ -49,6 +49,9 @@ import collections
 import dataclasses
 import heapq
 import logging
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -119,6 +122,13 @@ class Lookup:
 
 Action = Send | Lookup
 
+_T = TypeVar("_T")
+
+
+def _pair(values: Sequence[_T]) -> tuple[_T, _T]:
+    """A per-processor list as routing takes it: one value for default, one for fallback."""
+    return values[DEFAULT], values[FALLBACK]
+
 
 class Outbox:
     """The dispatcher's core over its regions; see the module docstring.
@@ -157,7 +167,8 @@ class Outbox:
         self.send_until: int | None = 0 if claiming else None
         self._cluster_purges: set[int] = set()  # slots whose purge waits for the cluster's record (claiming)
         self._timers: list[tuple[int, int, int]] = []  # heap of (due, entry, generation)
-        self._latencies = tuple(collections.deque(maxlen=LATENCY_SAMPLES) for _ in PROCESSOR_NAMES)
+        self._latencies: tuple[collections.deque[int], ...] = tuple(
+            collections.deque(maxlen=LATENCY_SAMPLES) for _ in PROCESSOR_NAMES)
         # (answered at, ms) of the last answers, and the send time of each
         # payment out, oldest first, per processor: what latency is now.
         self._recent: tuple[collections.deque[tuple[int, int]], ...] = tuple(
@@ -512,7 +523,7 @@ class Outbox:
         """When :meth:`poll` will have something to do without another event; None: never."""
         due = self._timers[0][0] if self._timers else None
         if self._ready and self.may_send(now):
-            changes = [routing.next_change(tuple(self._breakers), now, self.policy, tuple(self._slow_since)),
+            changes = [routing.next_change(_pair(self._breakers), now, self.policy, _pair(self._slow_since)),
                        *(self._latency_changes_at(processor, now) for processor in (DEFAULT, FALLBACK))]
             due = min((at for at in (due, *changes) if at is not None), default=None)
         return due
@@ -577,12 +588,12 @@ class Outbox:
                 self._slow_since[processor] = 0
             elif not self._slow_since[processor]:
                 self._slow_since[processor] = now
-        slow_since = tuple(self._slow_since)
+        slow_since = _pair(self._slow_since)
         is_late = (self.is_late(DEFAULT, now), self.is_late(FALLBACK, now))
         if not self.may_send(now):
             return  # many hosts: this host's lease is not renewed (bruto.cluster.link)
         while self._ready:
-            choice = routing.choose(tuple(self._breakers), latencies, tuple(self.in_flight), now, self.policy,
+            choice = routing.choose(_pair(self._breakers), latencies, _pair(self.in_flight), now, self.policy,
                                     slow_since, is_late)
             if choice is None:
                 return
@@ -653,7 +664,7 @@ class Outbox:
             self._set_breaker(1 - processor, breaker.reprobe, now)
         self._set_breaker(processor, breaker.succeeded)
 
-    def _set_breaker(self, processor: int, transition, *args) -> None:
+    def _set_breaker(self, processor: int, transition: Callable[..., breaker.Breaker], *args: int) -> None:
         before = self._breakers[processor]
         after = transition(before, *args)
         if after != before:

@@ -18,7 +18,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
+from typing import Any
 
 import gevent
 import gevent.event
@@ -27,9 +30,11 @@ from bruto.config import Settings
 from bruto.config import settings_or_exit
 from bruto.dispatcher import routing
 from bruto.dispatcher.health import HealthPoller
+from bruto.dispatcher.outbox import Action
 from bruto.dispatcher.outbox import Lookup
 from bruto.dispatcher.outbox import Outbox
 from bruto.dispatcher.outbox import Send
+from bruto.dispatcher.outcomes import Health
 from bruto.dispatcher.outcomes import Outcome
 from bruto.dispatcher.processor import ProcessorClient
 from bruto.dispatcher.processor import make_session
@@ -65,7 +70,8 @@ class Dispatcher:
             bruto.dispatcher.processor.ProcessorClient.
     """
 
-    def __init__(self, settings: Settings, regions: DispatcherRegions | None = None, clients=None):
+    def __init__(self, settings: Settings, regions: DispatcherRegions | None = None,
+                 clients: Sequence[ProcessorClient] | None = None):
         self.settings = settings
         self.regions = regions or DispatcherRegions.open(settings)
         policy = routing.Policy.from_terms(settings.default_fee, settings.fallback_fee,
@@ -129,9 +135,12 @@ class Dispatcher:
     # Each outcome reaches the outbox in exactly one place: _send, _lookup,
     # _health_reported, all through _feed.
 
-    def _carry_out(self, actions) -> None:
+    def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
-            gevent.spawn(self._send if isinstance(action, Send) else self._lookup, action)
+            if isinstance(action, Send):
+                gevent.spawn(self._send, action)
+            else:
+                gevent.spawn(self._lookup, action)
 
     def _send(self, send: Send) -> None:
         started = now_us()
@@ -178,7 +187,7 @@ class Dispatcher:
             self._feed(cluster.hold_lease, self.outbox)
             gevent.sleep(cluster.renew_every_s)
 
-    def _polled(self, processor: int, report, asked_at: int, now: int) -> None:
+    def _polled(self, processor: int, report: Health, asked_at: int, now: int) -> None:
         """A report of this host's own poll: folded in, and shared with the cluster's other hosts."""
         self._health_reported(processor, report, asked_at, now)
         if self.cluster is not None:
@@ -194,10 +203,10 @@ class Dispatcher:
                 gevent.sleep(cluster.retry_s)  # the database did not answer: the purge waits for it
                 self._cluster_purge_due.set()
 
-    def _health_reported(self, processor: int, report, asked_at: int, now: int) -> None:
+    def _health_reported(self, processor: int, report: Health, asked_at: int, now: int) -> None:
         self._feed(self.outbox.health_reported, processor, report, asked_at, now)
 
-    def _feed(self, event, *args) -> None:
+    def _feed(self, event: Callable[..., object], *args: Any) -> None:
         """Hand an event to the outbox and carry out what it makes due."""
         try:
             event(*args)

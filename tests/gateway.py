@@ -22,6 +22,7 @@ import uuid
 import requests
 
 from bruto.testbed.stack.runner import live_processes
+from bruto.timefmt import parse_iso
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -204,3 +205,43 @@ def payment(correlation_id: uuid.UUID | None = None) -> bytes:
 def iso(t: float) -> str:
     """Epoch seconds as the official test writes a date: milliseconds and a Z."""
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# -- GET /payments/{id}: one payment's state, followed ------------------------------------------
+
+def lookup(gateway: Gateway, correlation_id) -> requests.Response:
+    """GET /payments/{id} on this gateway (any of its answers is JSON)."""
+    response = gateway.http.get(f"{gateway.url}/payments/{correlation_id}", timeout=10)
+    assert response.headers["Content-Type"].startswith("application/json")
+    return response
+
+
+def state_of(gateway: Gateway, correlation_id) -> tuple[int, dict]:
+    response = lookup(gateway, correlation_id)
+    return response.status_code, response.json()
+
+
+def wait_state(gateway: Gateway, correlation_id, state: str, timeout: float = 30.0, **fields) -> dict:
+    """Polls bruto until the payment is in ``state`` (with ``fields``); returns the answer."""
+    deadline = time.monotonic() + timeout
+    seen: list = []
+    while True:
+        status, body = state_of(gateway, correlation_id)
+        if status == 200 and body["state"] == state and fields.items() <= body.items():
+            return body
+        if not seen or seen[-1] != (status, body):
+            seen.append((status, body))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never {state} {fields}: {seen}\n{gateway.log('dispatcher-0')}")
+        time.sleep(0.02)
+
+
+def assert_stored_as_bruto_says(processors, answer: dict) -> None:
+    """bruto's ``confirmed`` is what its processor answers for that id, and the other has nothing."""
+    assert answer["state"] == "confirmed"
+    mine = getattr(processors, answer["processor"]).get_payment(answer["correlationId"])
+    other = processors.fallback if answer["processor"] == "default" else processors.default
+    assert mine is not None, answer
+    assert parse_iso(mine["requestedAt"]) == parse_iso(answer["requestedAt"])
+    assert float(mine["amount"]) == answer["amount"]
+    assert other.get_payment(answer["correlationId"]) is None

@@ -15,7 +15,6 @@ import time
 import uuid
 
 import pytest
-from gateway import Gateway
 from gateway import iso
 
 from bruto.cluster.counters import read_cluster
@@ -23,19 +22,6 @@ from bruto.inspector import table
 from bruto.shm.snapshot import read
 
 pytestmark = pytest.mark.slow  # real processes
-
-
-@pytest.fixture
-def two_hosts(tmp_path, clean_processors, database_url):
-    hosts = []
-    try:
-        for name in ("a", "b"):
-            (tmp_path / name).mkdir()
-            hosts.append(Gateway.start(tmp_path / name, clean_processors, workers=1, database_url=database_url))
-        yield hosts
-    finally:
-        for host in hosts:
-            host.stop()
 
 
 def stored(processors) -> int:

@@ -18,67 +18,20 @@ import uuid
 
 import pytest
 from gateway import Gateway
+from gateway import assert_stored_as_bruto_says
+from gateway import lookup
+from gateway import state_of
+from gateway import wait_state
 from prometheus_client.parser import text_string_to_metric_families
 
 from bruto.cluster.host import host_label
 from bruto.cluster.lookup import APPLICATION_NAME
-from bruto.timefmt import parse_iso
 
 pytestmark = pytest.mark.slow  # real processes
 
 
-@pytest.fixture
-def two_hosts(tmp_path, clean_processors, database_url):
-    hosts = []
-    try:
-        for name in ("a", "b"):
-            (tmp_path / name).mkdir()
-            hosts.append(Gateway.start(tmp_path / name, clean_processors, workers=1, database_url=database_url))
-        yield hosts
-    finally:
-        for host in hosts:
-            host.stop()
-
-
 def label(host: Gateway) -> str:
     return host_label(host.env["BRUTO_SHM_DIR"])
-
-
-def lookup(host: Gateway, correlation_id):
-    response = host.http.get(f"{host.url}/payments/{correlation_id}", timeout=10)
-    assert response.headers["Content-Type"].startswith("application/json")
-    return response
-
-
-def state_of(host: Gateway, correlation_id) -> tuple[int, dict]:
-    response = lookup(host, correlation_id)
-    return response.status_code, response.json()
-
-
-def wait_state(host: Gateway, correlation_id, state: str, timeout: float = 30.0, **fields) -> dict:
-    """Polls the host until the payment is in ``state`` (with ``fields``); returns the answer."""
-    deadline = time.monotonic() + timeout
-    seen: list = []
-    while True:
-        status, body = state_of(host, correlation_id)
-        if status == 200 and body["state"] == state and fields.items() <= body.items():
-            return body
-        if not seen or seen[-1] != (status, body):
-            seen.append((status, body))
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never {state} {fields}: {seen}\n{host.log('dispatcher-0')}")
-        time.sleep(0.02)
-
-
-def assert_stored_as_bruto_says(processors, answer: dict) -> None:
-    """bruto's ``confirmed`` is what its processor answers for that id, and the other has nothing."""
-    assert answer["state"] == "confirmed"
-    mine = getattr(processors, answer["processor"]).get_payment(answer["correlationId"])
-    other = processors.fallback if answer["processor"] == "default" else processors.default
-    assert mine is not None, answer
-    assert parse_iso(mine["requestedAt"]) == parse_iso(answer["requestedAt"])
-    assert float(mine["amount"]) == answer["amount"]
-    assert other.get_payment(answer["correlationId"]) is None
 
 
 def counted(host: Gateway, status: int) -> float:

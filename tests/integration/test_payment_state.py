@@ -18,43 +18,13 @@ import uuid
 
 import pytest
 from gateway import Gateway
+from gateway import assert_stored_as_bruto_says
+from gateway import state_of
+from gateway import wait_state
 
 from bruto.shm.snapshot import read as snapshot
-from bruto.timefmt import parse_iso
 
 pytestmark = pytest.mark.slow  # real processes
-
-
-def state_of(gateway: Gateway, correlation_id) -> tuple[int, dict]:
-    response = gateway.http.get(f"{gateway.url}/payments/{correlation_id}", timeout=5)
-    assert response.headers["Content-Type"].startswith("application/json")
-    return response.status_code, response.json()
-
-
-def wait_state(gateway: Gateway, correlation_id, state: str, timeout: float = 30.0, **fields) -> dict:
-    """Polls bruto until the payment is in ``state`` (with ``fields``); returns the answer."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        status, body = state_of(gateway, correlation_id)
-        if status == 200 and body["state"] == state and fields.items() <= body.items():
-            return body
-        if not seen or seen[-1] != (status, body):
-            seen.append((status, body))
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never {state} {fields}: {seen}\n{gateway.log('dispatcher-0')}")
-        time.sleep(0.02)
-
-
-def assert_stored_as_bruto_says(processors, answer: dict) -> None:
-    """bruto's ``confirmed`` is what its processor answers for that id, and the other has nothing."""
-    assert answer["state"] == "confirmed"
-    mine = getattr(processors, answer["processor"]).get_payment(answer["correlationId"])
-    other = processors.fallback if answer["processor"] == "default" else processors.default
-    assert mine is not None, answer
-    assert parse_iso(mine["requestedAt"]) == parse_iso(answer["requestedAt"])
-    assert float(mine["amount"]) == answer["amount"]
-    assert other.get_payment(answer["correlationId"]) is None
 
 
 def test_a_payment_followed_from_202_to_confirmed_through_failing_slow_and_healthy(gateway, clean_processors):

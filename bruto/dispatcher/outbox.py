@@ -546,12 +546,17 @@ class Outbox:
         payment waiting (a processor that became slow says so by not
         answering, long before its answers come).
         """
-        announced = 0 if self._closed_at[processor] else self._announced_ms[processor]
-        return max(announced, self._answering_ms(processor, now), self._waiting_ms(processor, now))
+        return self._latency_and_lateness(processor, now)[0]
 
     def is_late(self, processor: int, now: int) -> bool:
         """routing.late: it keeps a payment waiting longer than its recent answers took."""
-        return routing.late(self._answering_ms(processor, now), self._waiting_ms(processor, now))
+        return self._latency_and_lateness(processor, now)[1]
+
+    def _latency_and_lateness(self, processor: int, now: int) -> tuple[int, bool]:
+        """latency_ms and is_late together: each send decision needs both, from one look at the answers."""
+        answering, waiting = self._answering_ms(processor, now), self._waiting_ms(processor, now)
+        announced = 0 if self._closed_at[processor] else self._announced_ms[processor]
+        return max(announced, answering, waiting), routing.late(answering, waiting)
 
     def _answering_ms(self, processor: int, now: int) -> int:
         """The median of the processor's answers of the last seconds; 0 if none."""
@@ -582,14 +587,14 @@ class Outbox:
 
     def _send_ready(self, now: int, actions: list[Action]) -> None:
         announced = self._announced_ms
-        latencies = (self.latency_ms(0, now), self.latency_ms(1, now))
+        default, fallback = self._latency_and_lateness(DEFAULT, now), self._latency_and_lateness(FALLBACK, now)
+        latencies, is_late = (default[0], fallback[0]), (default[1], fallback[1])
         for processor, latency in enumerate(latencies):
             if latency <= self.policy.latency_limit_ms:
                 self._slow_since[processor] = 0
             elif not self._slow_since[processor]:
                 self._slow_since[processor] = now
         slow_since = _pair(self._slow_since)
-        is_late = (self.is_late(DEFAULT, now), self.is_late(FALLBACK, now))
         if not self.may_send(now):
             return  # many hosts: this host's lease is not renewed (bruto.cluster.link)
         while self._ready:

@@ -72,6 +72,7 @@ from bruto.shm.layout import SENT
 from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import DispatcherRegions
 from bruto.shm.ledger import LedgerWriter
+from bruto.shm.purge import PurgeCarrier
 from bruto.shm.rejected import RejectedWriter
 
 log = logging.getLogger("bruto.dispatcher")
@@ -149,13 +150,13 @@ class Outbox:
         self.in_flight = [0, 0]  # Sends out, per processor
         self._slabs = regions.intake
         self._cursors = regions.dispatch.records
-        self._dispatch = regions.dispatch.counters
         self._entries = regions.outbox.records
         self._in_use = regions.outbox.counters
         self._ledger = LedgerWriter(regions.ledger)
         self._ledger_ids = regions.ledger.columns["correlation_id"]
         self._health = regions.health.records
         self._rejected = RejectedWriter(regions.rejected)
+        self.purges = PurgeCarrier(regions.intake, regions.dispatch)  # the protocol, both sides: bruto.shm.purge
         self._dedup = DedupIndex(regions.ledger.columns["correlation_id"], self._entries["correlation_id"],
                                  regions.index)
         self._generation = [0] * regions.outbox.capacity  # of each entry's one pending timer or action
@@ -192,9 +193,8 @@ class Outbox:
 
     def recover(self, now: int) -> None:
         """Start (or restart after a crash) from what the regions hold."""
-        for slot, cursor in enumerate(self._cursors):
-            if int(cursor["purge_claimed"]) > int(cursor["purges_done"]):
-                self._finish_purge(slot)  # committed before the crash: carry it out to the end
+        for slot in self.purges.unfinished():
+            self._finish_purge(slot)  # committed before the crash: carry it out to the end
         self.in_flight = [0, 0]
         self._out = ({}, {})
         self._answered_sent_at = [0, 0]
@@ -212,7 +212,7 @@ class Outbox:
 
     def drain(self, now: int) -> int:
         """Move what the gateways accepted from intake into the outbox; returns how many records."""
-        limits = self._purge_limits(now)
+        limits = self.purges.drain_limits(now)
         dedup, entries, free = self._dedup, self._entries, self._free
         ready = self._unclaimed if self.claiming else self._ready
         moved = 0
@@ -377,8 +377,8 @@ class Outbox:
         ids = self._ledger_ids
         for part in self._ledger.retained():
             held.extend(raw.tobytes() for raw in ids[part])
-        below = int(self._dispatch["purge_ledger_below"])
-        return [(slot, int(self._cursors[slot]["purge_claimed"]), below, held) for slot in sorted(self._cluster_purges)]
+        below = self.purges.ledger_below
+        return [(slot, self.purges.claimed(slot), below, held) for slot in sorted(self._cluster_purges)]
 
     @property
     def cluster_purge_pending(self) -> bool:
@@ -386,7 +386,7 @@ class Outbox:
 
     def cluster_purged(self, slot: int, ticket: int) -> None:
         """The cluster's part of the purge of ``slot`` is done: now the purge is."""
-        if slot in self._cluster_purges and int(self._cursors[slot]["purge_claimed"]) == ticket:
+        if slot in self._cluster_purges and self.purges.claimed(slot) == ticket:
             self._cluster_purges.discard(slot)
             self._purge_done(slot)
 
@@ -496,22 +496,17 @@ class Outbox:
 
     def pending_purges(self, now: int) -> list[int]:
         """Slots whose purge ticket waits to be carried out (and may still be)."""
-        return [slot for slot in range(len(self._slabs)) if self._purge_pending(slot, now)]
+        return self.purges.pending(now)
 
     def purge(self, slot: int, now: int) -> bool:
         """Carry out the purge asked through ``slot``; False if it was cancelled or expired.
 
-        The caller holds the purge lock (bruto.shm.intake): the gateway
-        cancels a ticket it gave up on under the same lock, so a ticket is
-        either cancelled or committed here, never both.
+        The caller holds the purge lock: the gateway cancels a ticket it gave
+        up on under the same lock, so a ticket is either cancelled or
+        committed here, never both (bruto.shm.purge has the protocol).
         """
-        if not self._purge_pending(slot, now):
+        if not self.purges.commit(slot, now):
             return False
-        asked = self._slabs[slot].counters
-        for cursor, below in zip(self._cursors, asked["purge_below"]):
-            cursor["purge_below"] = below
-        self._dispatch["purge_ledger_below"] = asked["purge_ledger_below"]
-        self._cursors[slot]["purge_claimed"] = asked["purge_ticket"]  # the commit
         self._finish_purge(slot)
         self._reindex(now, crashed=False)
         log.info("purged (asked through intake slot %d)", slot)
@@ -718,51 +713,9 @@ class Outbox:
 
     # -- purges ----------------------------------------------------------------
 
-    def _purge_pending(self, slot: int, now: int) -> bool:
-        asked = self._slabs[slot].counters
-        ticket = int(asked["purge_ticket"])
-        return (ticket > int(self._cursors[slot]["purge_claimed"]) and ticket > int(asked["purge_cancelled"])
-                and now <= int(asked["purge_deadline"]))
-
-    def _purge_limits(self, now: int) -> list[int] | None:
-        """Per slot, where draining stops until the pending purges are carried out or given up."""
-        limits = None
-        for slot in range(len(self._slabs)):
-            if self._purge_pending(slot, now):
-                below = self._slabs[slot].counters["purge_below"]
-                marks = [int(below[i]) for i in range(len(self._slabs))]
-                limits = marks if limits is None else [min(a, b) for a, b in zip(limits, marks)]
-        return limits
-
     def _finish_purge(self, slot: int) -> None:
         """Carry out the claimed purge of ``slot`` (again, after a crash: every step is idempotent)."""
-        self._ledger.purge(below=int(self._dispatch["purge_ledger_below"]))
-        self._rejected.purge()
-        # The gateway reads the marks slab by slab before it publishes the
-        # ticket: a payment accepted past its slab's mark in between may have
-        # been drained already. It came after the request, so it stays.
-        after = set()
-        for cursor, slab in zip(self._cursors, self._slabs):
-            for n in range(int(cursor["purge_below"]), int(cursor["drained"])):
-                after.add(slab.records[n % slab.capacity]["correlation_id"].tobytes())
-        for cursor in self._cursors:
-            if int(cursor["drained"]) < int(cursor["purge_below"]):
-                cursor["drained"] = cursor["purge_below"]
-        # Every other entry was accepted before the purge was asked: draining
-        # stopped at the marks while it was pending. Queued ones go. Entries
-        # sent or unresolved stay: if a processor stores one, the ledger must
-        # say so; if none does, they go when that is known, never sent again.
-        states = self._entries["state"]
-        purged = states != FREE
-        if after:
-            ids = self._entries["correlation_id"]
-            for index in np.flatnonzero(purged):
-                if ids[index].tobytes() in after:
-                    purged[index] = False
-        # Queued ones are marked too, as they are freed: their id stays in the
-        # free entry until it is reused, and GET /payments/{id} reads it there.
-        self._entries["purged"][purged] = 1
-        states[purged & (states == QUEUED)] = FREE
+        self.purges.drop(self._ledger, self._rejected, self._entries)
         if self.claiming:
             # Many hosts: done once the cluster's record is purged too (the
             # shell carries that out, then calls cluster_purged).
@@ -771,9 +724,7 @@ class Outbox:
         self._purge_done(slot)
 
     def _purge_done(self, slot: int) -> None:
-        finished = int(self._cursors[slot]["purges_done"]) < int(self._cursors[slot]["purge_claimed"])
-        self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]
-        if finished:  # counted once, even when a crash made recovery finish it again
+        if self.purges.finish(slot):  # counted once, even when a crash made recovery finish it again
             self.stats["purges"] += 1
             self.metrics.purged()
 

@@ -39,7 +39,7 @@ from bruto.dispatcher.outcomes import Outcome
 from bruto.dispatcher.processor import ProcessorClient
 from bruto.dispatcher.processor import make_session
 from bruto.shm import locks
-from bruto.shm.intake import purge_lock_path
+from bruto.shm import purge
 from bruto.shm.layout import DispatcherRegions
 from bruto.shm.layout import create_all
 from bruto.timefmt import now_us
@@ -94,7 +94,7 @@ class Dispatcher:
                        ProcessorClient(settings.fallback_url, session))
         self.clients = clients
         self.poller = HealthPoller(clients, self.regions.health.records, self._polled, self.outbox.metrics)
-        self._purge_lock_path = purge_lock_path(settings)
+        self._purge_lock_path = purge.lock_path(settings)
 
     def recover(self) -> None:
         self.outbox.recover(now_us())
@@ -120,10 +120,7 @@ class Dispatcher:
     def step(self) -> None:
         """One pass: purges, new payments, whatever is due."""
         now = now_us()
-        for slot in self.outbox.pending_purges(now):
-            with locks.held(self._purge_lock_path, wait=False) as held:
-                if held:
-                    self.outbox.purge(slot, now_us())
+        purge.commit_pending(self.outbox.purges, self._purge_lock_path, now_us, self.outbox.purge)
         if self.cluster is not None and self.outbox.cluster_purge_pending:
             self._cluster_purge_due.set()  # many hosts: the cluster's record too (self._purge_cluster)
         self.outbox.drain(now)

@@ -12,7 +12,6 @@ PostgreSQL, the lookup from it where this host's shared memory does not know
 from __future__ import annotations
 
 import functools
-import time
 
 import falcon
 
@@ -35,6 +34,8 @@ from bruto.shm.intake import Overloaded
 from bruto.shm.layout import open_ledger
 from bruto.shm.lookup import Payment
 from bruto.shm.lookup import PaymentFinder
+from bruto.shm.purge import Answer
+from bruto.shm.purge import PurgeAsker
 from bruto.shm.region import RegionError
 from bruto.shm.snapshot import SharedRegions
 from bruto.timefmt import now_us
@@ -194,42 +195,29 @@ class PaymentState:
 class Purge:
     """POST /purge-payments: 200 once carried out; 503, and never carried out, if not in time.
 
-    The protocol is in bruto.shm.intake (``request_purge``, ``cancel_purge``).
+    The protocol, both sides, is bruto.shm.purge; this only says the answer.
     """
 
-    def __init__(self, intake: IntakeWriter, counters: GatewayCounters, timeout_s: float):
-        self._intake = intake
+    _BODIES = {
+        Answer.PURGED: b'{"message":"All payments purged."}',
+        Answer.COMMITTED: b'{"message":"Purge committed; the dispatcher completes it when it restarts."}',
+    }
+
+    def __init__(self, purges: PurgeAsker, counters: GatewayCounters, timeout_s: float):
+        self._purges = purges
         self._counters = counters
         self._timeout_s = timeout_s
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ticket = self._intake.request_purge(deadline=now_us() + int(self._timeout_s * 1_000_000))
-        done = self._wait(ticket, self._timeout_s)
-        if not done:
-            if self._intake.cancel_purge(ticket):
-                self._counters.response(req.path, 503)
-                set_error(resp, 503, "the dispatcher did not carry out the purge in time; nothing was purged "
-                                     "(is bruto-dispatcher running?)")
-                return
-            done = self._wait(ticket, self._timeout_s)  # committed just now: it ends within moments
-        if not done:
-            # Committed, but the dispatcher stopped before the end: the next one finishes it first.
-            self._counters.response(req.path, 202)
-            resp.status = 202
-            resp.content_type = JSON
-            resp.data = b'{"message":"Purge committed; the dispatcher completes it when it restarts."}'
+        answer = self._purges.ask(self._timeout_s)
+        self._counters.response(req.path, answer.value)
+        if answer is Answer.CANCELLED:
+            set_error(resp, 503, "the dispatcher did not carry out the purge in time; nothing was purged "
+                                 "(is bruto-dispatcher running?)")
             return
-        self._counters.response(req.path, 200)
+        resp.status = answer.value
         resp.content_type = JSON
-        resp.data = b'{"message":"All payments purged."}'
-
-    def _wait(self, ticket: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not self._intake.purge_done(ticket):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)  # gevent-patched under the gevent worker: yields
-        return True
+        resp.data = self._BODIES[answer]
 
 
 def create_app(settings: Settings | None = None) -> falcon.App:
@@ -244,6 +232,6 @@ def create_app(settings: Settings | None = None) -> falcon.App:
     app.add_route("/payments", Payments(intake, counters))
     app.add_route("/payments/{correlation_id}", PaymentState(settings, counters))
     app.add_route("/payments-summary", Summary(settings, counters))
-    app.add_route("/purge-payments", GuardedPurge(Purge(intake, counters, settings.purge_timeout_s), settings, counters))
+    app.add_route("/purge-payments", GuardedPurge(Purge(intake.purges, counters, settings.purge_timeout_s), settings, counters))
     app.add_route("/metrics", Metrics(settings.shm_dir, counters))
     return app

@@ -10,7 +10,6 @@ simply overwritten; every record it published stays for the dispatcher.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from bruto.config import Settings
 from bruto.shm import locks
+from bruto.shm import purge
 from bruto.shm.layout import DISPATCH
 from bruto.shm.layout import INTAKE
 from bruto.shm.layout import OUTBOX
@@ -64,7 +64,7 @@ def _word(dtype: np.dtype, name: str, row: int = 0) -> int:
 
 
 class IntakeWriter:
-    """The web worker's side: append payments to its slab, ask for purges.
+    """The web worker's side: append payments to its slab; ask for purges through :attr:`purges`.
 
     :meth:`claim` makes the product's (it claims a free slot of the shared
     directory); :meth:`over` one over regions already mapped, for a single
@@ -72,7 +72,7 @@ class IntakeWriter:
 
     Args:
         slot: The intake slot written.
-        slabs: Every slot's slab (a purge request records where each stands).
+        slabs: Every slot's slab (a purge request records where each stands: bruto.shm.purge).
         ledger, dispatch, outbox: The other regions it reads.
         shed_backlog: Payments waiting (this slab's backlog plus the outbox)
             from which :meth:`append` sheds load.
@@ -85,13 +85,10 @@ class IntakeWriter:
         self.slot = slot
         self._lock_fd = lock_fd
         self.slab = slabs[slot]
-        self._slabs = slabs
-        self._ledger = ledger
-        self._purge_lock_path = purge_lock_path
+        self.purges = purge.PurgeAsker(slot, slabs, ledger, dispatch, purge_lock_path)
         self._capacity = self.slab.capacity
         self._counters = self.slab.counters
         self._records = self.slab.records
-        self._cursor = dispatch.records[slot]
         self._counters["owner_pid"] = os.getpid()
         # NOTE: the hot path (append) reads and writes through plain views of
         # the same memory: a numpy field access costs several µs when the
@@ -114,7 +111,7 @@ class IntakeWriter:
         slot, lock_fd = _claim_slot(settings)
         return cls(slot, [open_intake(settings, n) for n in range(settings.intake_slots)], open_ledger(settings),
                    open_dispatch(settings), open_outbox(settings), shed_backlog=settings.shed_backlog,
-                   purge_lock_path=purge_lock_path(settings), lock_fd=lock_fd)
+                   purge_lock_path=purge.lock_path(settings), lock_fd=lock_fd)
 
     @classmethod
     def over(cls, slot: int, regions: DispatcherRegions, shed_backlog: int | None = None) -> IntakeWriter:
@@ -144,54 +141,6 @@ class IntakeWriter:
         _RECORD.pack_into(self._record_bytes, (written % self._capacity) * _RECORD.size,
                           correlation_id, amount_cents, accepted_at)
         counters[self._written_word] = written + 1
-
-    # -- POST /purge-payments --------------------------------------------------
-    #
-    # A purge drops what was accepted and confirmed before it was asked, and
-    # nothing after: the request records where every slab and the ledger
-    # stood. A purge the gateway answered as failed must never happen later:
-    # the ticket carries a deadline past which the dispatcher refuses it, and
-    # a gateway that gives up cancels the ticket under the purge lock
-    # (bruto.shm.locks), the same lock under which the dispatcher commits to
-    # one (bruto.dispatcher.outbox.Outbox.purge). So each ticket is either
-    # cancelled or committed, whatever the timing.
-
-    def request_purge(self, deadline: int) -> int:
-        """Ask the dispatcher to purge before ``deadline`` (epoch µs); returns the ticket.
-
-        Written under the purge lock, so the dispatcher, which commits under
-        it, never reads a request half written by a second one in this worker.
-        """
-        counters = self._counters
-        with self._purge_lock():
-            below = counters["purge_below"]
-            for slot, slab in enumerate(self._slabs):
-                below[slot] = int(slab.counters["written"])
-            counters["purge_ledger_below"] = int(self._ledger.counters["count"])
-            counters["purge_deadline"] = deadline
-            ticket = int(counters["purge_ticket"]) + 1
-            counters["purge_ticket"] = ticket
-        return ticket
-
-    def purge_done(self, ticket: int) -> bool:
-        """Whether the dispatcher carried the purge out to the end."""
-        return int(self._cursor["purges_done"]) >= ticket
-
-    def cancel_purge(self, ticket: int) -> bool:
-        """Give up on a purge; False if too late: the dispatcher has committed to it."""
-        with self._purge_lock():
-            if int(self._cursor["purge_claimed"]) >= ticket:
-                return False
-            # Never backwards: a late cancel of an older ticket must not revive a newer one's.
-            self._counters["purge_cancelled"] = max(ticket, int(self._counters["purge_cancelled"]))
-            return True
-
-    def _purge_lock(self) -> contextlib.AbstractContextManager[bool]:
-        return locks.held(self._purge_lock_path) if self._purge_lock_path else contextlib.nullcontext(True)
-
-
-def purge_lock_path(settings: Settings) -> str:
-    return locks.lock_path(settings.shm_dir, locks.PURGE_LOCK)
 
 
 def _claim_slot(settings: Settings) -> tuple[int, int]:

@@ -4,7 +4,7 @@ One mechanism for three uses: a web worker holds its intake slab's file for
 as long as it lives (its slot, bruto.shm.intake); the dispatcher holds
 :data:`DISPATCHER_LOCK` (one dispatcher per directory, the others stand by,
 bruto.dispatcher.service); a purge is asked for, cancelled or committed to
-under :data:`PURGE_LOCK`, held for an instant. An flock works across
+under :data:`PURGE_LOCK`, held for an instant (bruto.shm.purge). An flock works across
 processes and containers that share the directory, and the kernel drops it
 when its holder dies, however it dies: there is never a stale lock to clear.
 """

@@ -204,12 +204,12 @@ def test_hole2_a_purge_keeps_what_was_accepted_after_it_was_asked():
     [first, second] = world.step()
     done = {s.correlation_id: s for s in (first, second)}
     world.outbox.attempt_done(done[confirmed], Outcome.STORED, world.now, 1000)
-    ticket = world.writers[0].request_purge(deadline=world.now + 5 * S)
+    ticket = world.writers[0].purges.request(deadline=world.now + 5 * S)
     after = world.accept(1)  # another worker accepts a payment after the purge was asked
     world.outbox.attempt_done(done[before], Outcome.STORED, world.now, 1000)  # confirmed after it was asked
     world.outbox.drain(world.now)  # the dispatcher drains before it gets the purge lock
     world.step()
-    assert world.writers[0].purge_done(ticket)
+    assert world.writers[0].purges.done(ticket)
     assert set(world.ledger()) == {before}  # what was confirmed before the purge is gone
     assert world.state(after) != FREE
     assert world.step() == []  # and it is held once only
@@ -223,9 +223,9 @@ def test_hole2_a_purge_drops_what_waited_and_keeps_what_is_out():
     world.announce(DEFAULT, 0, failing=True)  # the breaker opens: the next one waits
     waiting = world.accept()
     assert world.step() == []
-    ticket = world.writers[1].request_purge(deadline=world.now + 5 * S)
+    ticket = world.writers[1].purges.request(deadline=world.now + 5 * S)
     world.step()
-    assert world.writers[1].purge_done(ticket)
+    assert world.writers[1].purges.done(ticket)
     assert world.state(waiting) == FREE
     world.outbox.attempt_done(send, Outcome.STORED, world.now, 1000)  # stored after all: it counts
     assert set(world.ledger()) == {out}
@@ -235,12 +235,12 @@ def test_hole1_a_cancelled_or_expired_purge_is_never_carried_out():
     world = World()
     world.accept()
     world.outbox.attempt_done(world.step()[0], Outcome.STORED, world.now, 1000)
-    cancelled = world.writers[0].request_purge(deadline=world.now + 5 * S)
-    assert world.writers[0].cancel_purge(cancelled)  # the gateway answered 503
+    cancelled = world.writers[0].purges.request(deadline=world.now + 5 * S)
+    assert world.writers[0].purges.cancel(cancelled)  # the gateway answered 503
     world.step()
-    expired = world.writers[1].request_purge(deadline=world.now + 5 * S)
+    expired = world.writers[1].purges.request(deadline=world.now + 5 * S)
     world.step(5.001)  # the gateway died; the dispatcher came back after the deadline
-    assert not world.writers[0].purge_done(cancelled) and not world.writers[1].purge_done(expired)
+    assert not world.writers[0].purges.done(cancelled) and not world.writers[1].purges.done(expired)
     assert len(world.ledger()) == 1
     assert world.outbox.pending_purges(world.now) == []
 
@@ -248,14 +248,14 @@ def test_hole1_a_cancelled_or_expired_purge_is_never_carried_out():
 def test_a_committed_purge_cannot_be_cancelled_and_survives_a_crash_midway():
     world = World()
     kept = world.accept()
-    ticket = world.writers[0].request_purge(deadline=world.now + 5 * S)
+    ticket = world.writers[0].purges.request(deadline=world.now + 5 * S)
     cursor = world.regions.dispatch.records[0]
     cursor["purge_claimed"] = ticket  # the dispatcher committed, then crashed before the rest
     for i, below in enumerate(world.regions.intake[0].counters["purge_below"][:2]):
         world.regions.dispatch.records[i]["purge_below"] = below
-    assert not world.writers[0].cancel_purge(ticket)
+    assert not world.writers[0].purges.cancel(ticket)
     world.restart()
-    assert world.writers[0].purge_done(ticket)
+    assert world.writers[0].purges.done(ticket)
     assert world.step() == [] and world.state(kept) == FREE
 
 
@@ -355,21 +355,21 @@ def test_a_writer_over_test_regions_refuses_only_when_its_slab_is_full():
 def test_a_late_cancel_of_an_older_purge_does_not_revive_a_newer_cancelled_one():
     world = World()
     writer = world.writers[0]
-    first = writer.request_purge(deadline=world.now + 5 * S)
-    second = writer.request_purge(deadline=world.now + 6 * S)
-    assert writer.cancel_purge(second)  # answered 503: it must never happen
-    assert writer.cancel_purge(first)
+    first = writer.purges.request(deadline=world.now + 5 * S)
+    second = writer.purges.request(deadline=world.now + 6 * S)
+    assert writer.purges.cancel(second)  # answered 503: it must never happen
+    assert writer.purges.cancel(first)
     world.step(1)  # before the second's deadline
-    assert not writer.purge_done(second)
+    assert not writer.purges.done(second)
 
 
 def test_a_payment_out_during_a_purge_is_not_sent_again_when_its_attempt_fails():
     world = World()
     world.accept()
     [send] = world.step()
-    ticket = world.writers[0].request_purge(deadline=world.now + 5 * S)
+    ticket = world.writers[0].purges.request(deadline=world.now + 5 * S)
     world.step()
-    assert world.writers[0].purge_done(ticket)  # POST /purge-payments answered 200
+    assert world.writers[0].purges.done(ticket)  # POST /purge-payments answered 200
     world.outbox.attempt_done(send, Outcome.FAILED, world.now, 1000)  # the processor stored nothing
     assert [a for a in world.step(0.1) if isinstance(a, Send)] == []
     assert int(world.regions.outbox.counters["in_use"]) == 0
@@ -380,9 +380,9 @@ def test_a_payment_out_during_a_purge_is_kept_if_the_processor_stored_it():
     world = World()
     paid = world.accept()
     [send] = world.step()
-    ticket = world.writers[0].request_purge(deadline=world.now + 5 * S)
+    ticket = world.writers[0].purges.request(deadline=world.now + 5 * S)
     world.step()
-    assert world.writers[0].purge_done(ticket)
+    assert world.writers[0].purges.done(ticket)
     world.outbox.attempt_done(send, Outcome.STORED, world.now, 1000)
     assert world.ledger() == {paid: (DEFAULT, send.requested_at)}
 
@@ -393,9 +393,9 @@ def test_a_payment_unresolved_during_a_purge_goes_once_a_lookup_proves_it_absent
     world.accept()
     [send] = world.step()
     world.outbox.attempt_done(send, Outcome.UNKNOWN, world.now, 7 * S)  # timed out: unresolved
-    ticket = world.writers[0].request_purge(deadline=world.now + 5 * S)
+    ticket = world.writers[0].purges.request(deadline=world.now + 5 * S)
     world.step()
-    assert world.writers[0].purge_done(ticket)
+    assert world.writers[0].purges.done(ticket)
     world.step(6)
     world.announce(DEFAULT, 0)  # a poll after the attempt: the delay in force is known
     lookups = [a for a in world.step(LOOKUP_MARGIN_US / S + 1) if isinstance(a, Lookup)]
@@ -422,7 +422,7 @@ def test_a_payment_accepted_while_the_purge_marks_are_read_survives_the_purge():
     world.outbox.drain(world.now)  # ... and drained before the ticket appears
     asking["purge_ticket"] = 1  # the ticket is published
     world.step()
-    assert world.writers[0].purge_done(1)
+    assert world.writers[0].purges.done(1)
     assert world.state(before) == FREE
     assert world.state(late) == QUEUED
 

@@ -133,12 +133,12 @@ def test_a_purge_while_a_claim_is_out_leaves_the_payment_accepted_after_it_waiti
     a.accept(purged)
     a.outbox.drain(a.now)
     batch = a.outbox.to_claim(10)  # the claim statement goes out ...
-    ticket = a.writer.request_purge(deadline=a.now + 5 * S)
+    ticket = a.writer.purges.request(deadline=a.now + 5 * S)
     for slot in a.outbox.pending_purges(a.now):
         a.outbox.purge(slot, a.now)  # ... a purge frees the entry meanwhile ...
     [(slot, claimed_ticket, _, _)] = a.outbox.cluster_purges()
     a.outbox.cluster_purged(slot, claimed_ticket)
-    assert a.writer.purge_done(ticket)
+    assert a.writer.purges.done(ticket)
     later = uuid.uuid4().bytes
     a.accept(later)
     a.outbox.drain(a.now)  # ... and a new payment takes it
@@ -153,18 +153,18 @@ def test_a_purge_is_done_only_once_the_clusters_record_is_purged_too_even_across
     out, kept = uuid.uuid4().bytes, uuid.uuid4().bytes
     a.accept(out)
     [send] = a.step()  # out to a processor when the purge comes: its claim must stay
-    ticket = a.writer.request_purge(deadline=a.now + 5 * S)
+    ticket = a.writer.purges.request(deadline=a.now + 5 * S)
     a.outbox.purge(0, a.now)
-    assert not a.writer.purge_done(ticket) and a.outbox.cluster_purge_pending
+    assert not a.writer.purges.done(ticket) and a.outbox.cluster_purge_pending
     a.restart()  # a crash before the cluster's part: recovery finds it still to do
     a.accept(kept)
     a.step()
     [(slot, claimed, kept_from, held)] = a.outbox.cluster_purges()
     assert (slot, claimed, kept_from) == (0, ticket, 0) and set(held) == {out, kept}
     a.outbox.cluster_purged(slot, claimed - 1)  # an older ticket's answer settles nothing
-    assert not a.writer.purge_done(ticket)
+    assert not a.writer.purges.done(ticket)
     a.outbox.cluster_purged(slot, claimed)
-    assert a.writer.purge_done(ticket) and not a.outbox.cluster_purge_pending
+    assert a.writer.purges.done(ticket) and not a.outbox.cluster_purge_pending
     assert int(a.regions.dispatch.counters["purges"]) == 1
 
 

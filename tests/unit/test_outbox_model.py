@@ -259,14 +259,14 @@ class OutboxWorld(RuleBasedStateMachine):
         for processor in self.processors:
             processor.stored.clear()
         writer = self.writers[slot]
-        ticket = writer.request_purge(deadline=self.now + PURGE_TIMEOUT_US)
+        ticket = writer.purges.request(deadline=self.now + PURGE_TIMEOUT_US)
         self.accepted = set()  # what the gateways accepted before is purged
         self.purge_lock_busy = True
         self.accept_payments(1 - slot, accepted_meanwhile, 700)
         self.run_until(self.now + lock_busy_ms * MS)
         self.purge_lock_busy = False
         self._dispatcher_step()
-        assert writer.purge_done(ticket)
+        assert writer.purges.done(ticket)
 
     @rule(slot=st.integers(0, SLOTS - 1), stopped_ms=st.sampled_from([0, 2000, 5001]),
           gateway_died=st.booleans(), late_s=st.integers(0, 3))
@@ -274,15 +274,15 @@ class OutboxWorld(RuleBasedStateMachine):
         """The gateway gives up on a purge (its clock may run ahead of the ticket's deadline), or
         dies while the dispatcher is stopped past the deadline: the purge must never happen."""
         writer = self.writers[slot]
-        ticket = writer.request_purge(deadline=self.now + PURGE_TIMEOUT_US)
+        ticket = writer.purges.request(deadline=self.now + PURGE_TIMEOUT_US)
         if gateway_died:
             stopped_ms = PURGE_TIMEOUT_US // MS + 1
         self._stop(stopped_ms)
         if not gateway_died:
-            assert writer.cancel_purge(ticket)  # the 503
+            assert writer.purges.cancel(ticket)  # the 503
         self._wake()
         self.run_until(self.now + late_s * S)
-        assert not writer.purge_done(ticket)
+        assert not writer.purges.done(ticket)
 
     # -- the processors ------------------------------------------------------------
 

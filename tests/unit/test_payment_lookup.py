@@ -67,7 +67,7 @@ class World:
         self.outbox.attempt_done(send, outcome, self.now, 1000)
 
     def purge(self):
-        self.writers[0].request_purge(deadline=self.now + 5 * S)
+        self.writers[0].purges.request(deadline=self.now + 5 * S)
         self.step()
 
     def find(self, correlation_id):

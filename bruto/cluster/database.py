@@ -15,6 +15,7 @@ import uuid
 from bruto.cluster import schema
 from bruto.cluster.client import psycopg
 from bruto.cluster.client import psycopg_pool
+from bruto.timefmt import now_us
 
 log = logging.getLogger("bruto.cluster")
 
@@ -296,6 +297,15 @@ class Database:
                 if conn.execute("INSERT INTO bruto_purges (host_id, slot, ticket) VALUES (%(host)s, %(slot)s, "
                                 "%(ticket)s) ON CONFLICT DO NOTHING RETURNING 1", params).fetchone() is None:
                     return False
+                # The cluster's purge epoch moves on: every other host's shared memory applies it
+                # (apply_purge). This host applied it already (the local part came first), unless it
+                # was behind on an earlier one: then it applies them at its next check, as the others.
+                params["epoch"] = conn.execute("UPDATE bruto_purge_epoch SET epoch = epoch + 1, "
+                                               "purged_at = clock_timestamp() RETURNING epoch").fetchone()[0]
+                conn.execute("UPDATE bruto_purges SET epoch = %(epoch)s WHERE host_id = %(host)s "
+                             "AND slot = %(slot)s AND ticket = %(ticket)s", params)
+                conn.execute("UPDATE bruto_hosts SET purge_epoch = %(epoch)s WHERE host_id = %(host)s "
+                             "AND purge_epoch = %(epoch)s - 1", params)
                 conn.execute("DELETE FROM bruto_claims c USING bruto_payments p "
                              "WHERE c.correlation_id = p.correlation_id AND c.host_id <> %(host)s", params)
                 conn.execute("DELETE FROM bruto_claims WHERE host_id = %(host)s AND resolve_after IS NULL "
@@ -305,6 +315,52 @@ class Database:
             return True
 
         return self._run(work)
+
+    def purge_reached(self, slot: int, ticket: int) -> bool:
+        """Whether this host's purge ``(slot, ticket)`` is applied by every other live host.
+
+        Live: its lease holds now. A host whose lease has lapsed is not
+        waited for; it applies the purge before its shared memory answers
+        again (docs/SCALING.md, "Purges"). A purge recorded before schema
+        version 5 has no epoch: reached.
+        """
+        params = {"host": self.host, "slot": slot, "ticket": ticket}
+
+        def work(conn):
+            return conn.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM bruto_purges p JOIN bruto_hosts h ON h.purge_epoch < p.epoch "
+                "WHERE p.host_id = %(host)s AND p.slot = %(slot)s AND p.ticket = %(ticket)s "
+                "AND h.host_id <> %(host)s AND h.lease_until > clock_timestamp())", params).fetchone()[0]
+
+        return self._run(work)
+
+    def purge_epoch(self) -> tuple[int, int, int]:
+        """(the cluster's purge epoch, the epoch this host has applied, when the latest purge committed as
+        epoch µs of this host's clock, mapped through the database's)."""
+        def work(conn):
+            return conn.execute(
+                "SELECT c.epoch, h.purge_epoch, (extract(epoch FROM c.purged_at) * 1e6)::bigint, "
+                "(extract(epoch FROM clock_timestamp()) * 1e6)::bigint "
+                "FROM bruto_purge_epoch c, bruto_hosts h WHERE h.host_id = %s", (self.host,)).fetchone()
+
+        epoch, applied, purged_at, db_now = self._run(work)
+        return int(epoch), int(applied), now_us() + int(purged_at) - int(db_now)
+
+    def apply_purge(self, epoch: int, kept_from: int, held: list[bytes]) -> None:
+        """This host's shared memory applied the cluster's purges up to ``epoch``: its claims go but those of
+        the ids it still holds (``held``), and it publishes its ledger again from ``kept_from``."""
+        params = {"host": self.host, "epoch": epoch, "kept_from": kept_from,
+                  "held": [uuid.UUID(bytes=raw) for raw in held]}
+
+        def work(conn):
+            with conn.transaction():
+                conn.execute("SELECT epoch FROM bruto_purge_epoch FOR SHARE")  # no purge commits meanwhile
+                conn.execute("DELETE FROM bruto_claims WHERE host_id = %(host)s AND resolve_after IS NULL "
+                             "AND NOT (correlation_id = ANY(%(held)s::uuid[]))", params)
+                conn.execute("UPDATE bruto_hosts SET published = %(kept_from)s, "
+                             "purge_epoch = greatest(purge_epoch, %(epoch)s) WHERE host_id = %(host)s", params)
+
+        self._run(work)
 
     def summary(self, since: int | None, until: int | None) -> tuple[int, list[int], list[int]]:
         """(this host's position, requests per processor, cents per processor) in [since, until], inclusive."""

@@ -77,6 +77,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
                                  ADD COLUMN resolve_after timestamptz;
         CREATE INDEX bruto_claims_taken ON bruto_claims (host_id) WHERE resolve_after IS NOT NULL;
     """),
+    (5, """
+        -- A purge on any host is a purge of every host's shared memory (docs/SCALING.md, "Purges"):
+        -- each purge of the cluster's record moves the cluster's purge epoch on (one row, locked by
+        -- the purge for update), and each host says up to which epoch its shared memory has applied.
+        CREATE TABLE bruto_purge_epoch (
+            only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+            epoch     bigint NOT NULL DEFAULT 0,
+            purged_at timestamptz NOT NULL DEFAULT now()  -- when the latest purge committed
+        );
+        INSERT INTO bruto_purge_epoch DEFAULT VALUES;
+        ALTER TABLE bruto_hosts ADD COLUMN purge_epoch bigint NOT NULL DEFAULT 0;
+        -- The epoch each purge moved the cluster to (NULL: purged before this version).
+        ALTER TABLE bruto_purges ADD COLUMN epoch bigint;
+    """),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -65,7 +65,8 @@ ON CONFLICT (correlation_id) DO NOTHING
 # One statement, one snapshot: the sums and this host's position agree (the
 # publisher commits rows and position together).
 _SUMMARY = """
-SELECT -1, (SELECT published FROM bruto_hosts WHERE host_id = %(host)s), 0
+SELECT -1, (SELECT published FROM bruto_hosts WHERE host_id = %(host)s),
+       (SELECT (h.purge_epoch < c.epoch)::int FROM bruto_hosts h, bruto_purge_epoch c WHERE h.host_id = %(host)s)
 UNION ALL
 SELECT processor, count(*), sum(amount_cents) FROM bruto_payments
 WHERE requested_at >= %(since)s AND requested_at <= %(until)s
@@ -357,6 +358,9 @@ class Database:
                 conn.execute("SELECT epoch FROM bruto_purge_epoch FOR SHARE")  # no purge commits meanwhile
                 conn.execute("DELETE FROM bruto_claims WHERE host_id = %(host)s AND resolve_after IS NULL "
                              "AND NOT (correlation_id = ANY(%(held)s::uuid[]))", params)
+                # What this host published since the purge committed came from its ledger before the
+                # local part (the purge deleted the rest): it goes, as that ledger's records did.
+                conn.execute("DELETE FROM bruto_payments WHERE host_id = %(host)s", params)
                 conn.execute("UPDATE bruto_hosts SET published = %(kept_from)s, "
                              "purge_epoch = greatest(purge_epoch, %(epoch)s) WHERE host_id = %(host)s", params)
 
@@ -373,7 +377,9 @@ class Database:
         published, requests, cents = 0, [0, 0], [0, 0]
         for processor, count, total in self._run(work):
             if processor == -1:
-                published = count or 0
+                # Behind on a purge asked elsewhere: this host's ledger goes whole when it applies it
+                # (bruto.shm.purge drop_before), so none of its unpublished confirmations count.
+                published = LATEST if total else (count or 0)
             else:
                 requests[processor], cents[processor] = int(count), int(total)
         return published, requests, cents

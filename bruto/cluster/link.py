@@ -146,6 +146,7 @@ class ClusterLink:
                     self.counters["fenced"] += dropped
                     log.warning("%d payment(s) were taken over by another host: dropped here", dropped)
                 self.epoch = epoch
+            self.keep_current(outbox)  # before anything is sent on this renewal: purges asked elsewhere
             outbox.send_until = asked_at + self.lease_us * 3 // 4
             self.counters["lease_held"] = 1
             self.counters["renewals"] += 1
@@ -232,9 +233,28 @@ class ClusterLink:
                 self._down("purge", error)
                 return False
             self._up()
+            if not self.db.purge_reached(slot, ticket):
+                return False  # a live host has not applied it yet: the caller asks again
             outbox.cluster_purged(slot, ticket)
-            log.info("purged the cluster's record (intake slot %d, ticket %d)", slot, ticket)
+            log.info("purged the cluster's record and every live host (intake slot %d, ticket %d)", slot, ticket)
         return True
+
+    def keep_current(self, outbox) -> None:
+        """Apply to this host's shared memory the purges asked on other hosts since it last did.
+
+        Run at every lease renewal, before the renewal lets the outbox send:
+        a host back from the dead applies them before it sends anything. The
+        purging host waits for every live host to have applied its purge
+        before it answers 200 (:meth:`purge`).
+        """
+        epoch, applied, moment = self.db.purge_epoch()
+        if applied >= epoch:
+            return
+        with self._record:  # no publication between the local part and the record's
+            kept_from, held = outbox.apply_cluster_purge(moment, now_us())
+            self.db.apply_purge(epoch, kept_from, held)
+            self._position = kept_from
+        log.info("applied the cluster's purges up to epoch %d (asked on other hosts)", epoch)
 
     def run_publisher(self) -> None:
         """The publisher's greenlet: forever, every PUBLISH_INTERVAL_S (at once while there is more)."""

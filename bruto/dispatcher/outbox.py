@@ -157,6 +157,7 @@ class Outbox:
         self._health = regions.health.records
         self._rejected = RejectedWriter(regions.rejected)
         self.purges = PurgeCarrier(regions.intake, regions.dispatch)  # the protocol, both sides: bruto.shm.purge
+        self._ledger_counters = regions.ledger.counters  # where a purge asked on another host keeps from
         self._dedup = DedupIndex(regions.ledger.columns["correlation_id"], self._entries["correlation_id"],
                                  regions.index)
         self._generation = [0] * regions.outbox.capacity  # of each entry's one pending timer or action
@@ -379,6 +380,16 @@ class Outbox:
             held.extend(raw.tobytes() for raw in ids[part])
         below = self.purges.ledger_below
         return [(slot, self.purges.claimed(slot), below, held) for slot in sorted(self._cluster_purges)]
+
+    def apply_cluster_purge(self, moment: int, now: int) -> tuple[int, list[bytes]]:
+        """Many hosts: a purge asked on another host, committed at ``moment``, is applied to this host's
+        regions (bruto.shm.purge ``drop_before``). Returns (the ledger index kept from, every id this host
+        still holds: its claims must stay), for the cluster's record (bruto.cluster.link)."""
+        self.purges.drop_before(moment, self._ledger, self._rejected, self._entries)
+        self._reindex(now, crashed=False)
+        log.info("applied a purge asked on another host")
+        held = [self._entries[int(i)]["correlation_id"].tobytes() for i in np.flatnonzero(self._entries["state"] != FREE)]
+        return int(self._ledger_counters["count"]), held
 
     @property
     def cluster_purge_pending(self) -> bool:

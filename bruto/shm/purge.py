@@ -299,6 +299,28 @@ class PurgeCarrier:
         entries["purged"][purged] = 1
         states[purged & (states == QUEUED)] = FREE
 
+    def drop_before(self, moment: int, ledger: LedgerWriter, rejected: RejectedWriter, entries: np.ndarray) -> None:
+        """A purge asked on another host (many hosts): drop what this host accepted up to ``moment`` (epoch µs,
+        when that purge committed) and everything confirmed so far.
+
+        No ticket and no lock here: nothing local asked, and nothing local
+        answers. Repeated after a crash it drops the same payments (they are
+        chosen by ``accepted_at``), and a ledger record confirmed in between
+        (an answer to a payment out at the purge) goes too, as one confirmed
+        before the purge.
+        """
+        ledger.purge()
+        rejected.purge()
+        for cursor, slab in zip(self._cursors, self._slabs):
+            drained, written = int(cursor["drained"]), int(slab.counters["written"])
+            while drained < written and int(slab.records[drained % slab.capacity]["accepted_at"]) <= moment:
+                drained += 1  # accepted before the purge, not drained yet: it goes with it
+            cursor["drained"] = drained
+        states = entries["state"]
+        purged = (states != FREE) & (entries["accepted_at"] <= moment)
+        entries["purged"][purged] = 1
+        states[purged & (states == QUEUED)] = FREE
+
     def claimed(self, slot: int) -> int:
         """The last ticket of ``slot`` committed to."""
         return int(self._cursors[slot]["purge_claimed"])

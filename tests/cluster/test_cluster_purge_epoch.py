@@ -7,12 +7,28 @@ holding) has. docs/SCALING.md ("Purges") has the protocol these statements serve
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import psycopg
 
 from bruto.cluster.database import Database
 from bruto.cluster.host import host_id
+from bruto.cluster.link import ClusterLink
+from bruto.cluster.summary import ClusterSummary
+from bruto.config import Settings
+from bruto.dispatcher import routing
+from bruto.dispatcher.outbox import Outbox
+from bruto.dispatcher.outbox import Send
+from bruto.dispatcher.outcomes import Health
+from bruto.dispatcher.outcomes import Outcome
+from bruto.shm.intake import IntakeWriter
+from bruto.shm.layout import DEFAULT
+from bruto.shm.layout import FALLBACK
+from bruto.shm.layout import DispatcherRegions
+from bruto.shm.lookup import Payment
+from bruto.shm.lookup import PaymentFinder
+from bruto.shm.purge import Answer
 from bruto.timefmt import now_us
 
 LEASE_MS = 60_000
@@ -22,6 +38,16 @@ def a_host(tmp_path, name: str, url: str) -> Database:
     shm = tmp_path / name
     shm.mkdir()
     return Database(url, host_id(str(shm)), name)
+
+
+def lapsed(url: str, host: "Host", timeout_s: float = 30.0) -> None:
+    """Wait until the database's clock is past ``host``'s lease."""
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(url, autocommit=True) as conn:
+        while conn.execute("SELECT lease_until > clock_timestamp() FROM bruto_hosts WHERE host_id = %s",
+                           (host.link.db.host,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the lease never lapsed"
+            time.sleep(0.02)
 
 
 def claims(url: str) -> set[bytes]:
@@ -49,7 +75,7 @@ def test_a_host_whose_lease_lapsed_is_not_waited_for_and_finds_itself_behind(tmp
     a, dead = a_host(tmp_path, "a", database_url), a_host(tmp_path, "dead", database_url)
     assert dead.renew(0, 1) and a.renew(0, LEASE_MS)  # dead's lease lapses a millisecond later
     with psycopg.connect(database_url) as conn:
-        conn.execute("SELECT pg_sleep(0.01)")
+        conn.execute("SELECT pg_sleep(0.01)")  # past dead's 1-ms lease, on the database's clock
     assert a.purge(slot=0, ticket=1, kept_from=0, held=[]) is True
     assert a.purge_reached(slot=0, ticket=1) is True  # not waited for ...
     assert dead.purge_epoch()[:2] == (1, 0)  # ... and once back it is behind: it applies before it answers
@@ -81,3 +107,108 @@ def test_two_purges_in_turn_leave_a_host_behind_on_the_other_ones(tmp_path, data
     a.apply_purge(2, kept_from=0, held=[])
     b.apply_purge(2, kept_from=0, held=[])
     assert a.purge_reached(0, 1) and b.purge_reached(0, 1)
+
+
+# -- two hosts' outboxes and links, in process, on the real database ---------------------------------------
+
+
+class Host:
+    """One host's regions, outbox, link (claims, publication, lease, purges) and summary, in process."""
+
+    def __init__(self, tmp_path, name: str, url: str, lease_s: float = 60.0):
+        shm = tmp_path / name
+        shm.mkdir()
+        self.settings = Settings(shm_dir=str(shm), database_url=url, host_lease_s=lease_s)
+        self.regions = DispatcherRegions.in_memory(1, 16, 16, 64)
+        r = self.regions
+        self.writer = IntakeWriter.over(0, r)
+        self.finder = PaymentFinder(r.intake, r.dispatch, r.outbox, r.ledger, r.index, r.rejected)
+        self.outbox = Outbox(r, routing.Policy(patience_us=30_000_000), claiming=True)
+        self.outbox.recover(now_us())
+        for processor in (DEFAULT, FALLBACK):
+            self.outbox.health_reported(processor, Health(False, 0), now_us(), now_us())
+        self.link = ClusterLink(self.settings, r.ledger)
+        self.summary = ClusterSummary(self.settings, r.ledger)
+
+    def confirm(self) -> bytes:
+        """A payment accepted, claimed, sent, stored and published."""
+        correlation_id = uuid.uuid4().bytes
+        self.writer.append(correlation_id, 1990, now_us())
+        self.outbox.drain(now_us())
+        self.link.claim(self.outbox)
+        [send] = [a for a in self.outbox.poll(now_us()) if isinstance(a, Send)]
+        self.outbox.attempt_done(send, Outcome.STORED, now_us(), 1000)
+        self.link.publish_once()
+        return correlation_id
+
+    def ask_purge(self) -> int:
+        ticket = self.writer.purges.request(deadline=now_us() + 5_000_000)
+        for slot in self.outbox.pending_purges(now_us()):
+            self.outbox.purge(slot, now_us())
+        return ticket
+
+    def held(self, correlation_id: bytes) -> bool:
+        return isinstance(self.finder.find(correlation_id), Payment)
+
+    def totals(self) -> tuple[int, int]:
+        return self.summary.totals(None, None).requests
+
+
+def test_a_purge_on_one_host_is_done_once_the_other_live_host_has_emptied_its_shared_memory(tmp_path, database_url):
+    a, b = Host(tmp_path, "a", database_url), Host(tmp_path, "b", database_url)
+    a.link.hold_lease(a.outbox)
+    b.link.hold_lease(b.outbox)
+    on_a, on_b = a.confirm(), b.confirm()
+    assert a.totals() == b.totals() == (2, 0) and b.held(on_b)
+
+    ticket = a.ask_purge()
+    assert a.link.purge(a.outbox) is False  # b is live and has not applied it: no 200 yet
+    assert not a.writer.purges.done(ticket)
+    b.link.hold_lease(b.outbox)  # b's next renewal applies it before it lets anything be sent
+    assert not b.held(on_b) and b.totals() == (0, 0)
+    assert a.link.purge(a.outbox) is True and a.writer.purges.done(ticket)  # the 200
+    assert a.totals() == (0, 0) and not a.held(on_a)
+    again = b.confirm()  # an id after the purge is new again, and counts
+    assert a.totals() == b.totals() == (1, 0) and b.held(again)
+
+
+def test_a_purge_while_a_host_is_dead_is_done_at_once_and_applied_by_it_before_it_sends_or_counts(tmp_path,
+                                                                                                   database_url):
+    a = Host(tmp_path, "a", database_url)
+    b = Host(tmp_path, "b", database_url, lease_s=0.2)
+    a.link.hold_lease(a.outbox)
+    b.link.hold_lease(b.outbox)
+    on_b = b.confirm()
+    unpublished = uuid.uuid4().bytes  # confirmed by b, not published before it died
+    b.writer.append(unpublished, 500, now_us())
+    b.outbox.drain(now_us())
+    b.link.claim(b.outbox)
+    [send] = [x for x in b.outbox.poll(now_us()) if isinstance(x, Send)]
+    b.outbox.attempt_done(send, Outcome.STORED, now_us(), 1000)
+    lapsed(database_url, b)  # b is dead: its lease lapses
+    assert b.totals() == (2, 0)
+
+    ticket = a.ask_purge()
+    assert a.link.purge(a.outbox) is True and a.writer.purges.done(ticket)  # a lapsed host is not waited for
+    assert a.totals() == (0, 0)
+    # b back, before its dispatcher's first renewal: its summary counts nothing of its ledger.
+    assert b.totals() == (0, 0)
+    b.link.hold_lease(b.outbox)  # its first renewal applies the purge before anything is sent
+    assert not b.held(on_b) and not b.held(unpublished)
+    b.link.publish_once()
+    assert a.totals() == b.totals() == (0, 0)
+    assert b.outbox.may_send(now_us())
+
+
+def test_a_purge_answered_503_moves_no_epoch_and_empties_no_host(tmp_path, database_url):
+    a, b = Host(tmp_path, "a", database_url), Host(tmp_path, "b", database_url)
+    a.link.hold_lease(a.outbox)
+    b.link.hold_lease(b.outbox)
+    on_b = b.confirm()
+    assert a.writer.purges.ask(0.01, sleep=lambda _: None) is Answer.CANCELLED  # no dispatcher step: 503
+    for slot in a.outbox.pending_purges(now_us()):  # the dispatcher, back within the ticket's deadline
+        a.outbox.purge(slot, now_us())
+    assert a.link.purge(a.outbox) is True  # nothing to carry out
+    b.link.hold_lease(b.outbox)
+    assert b.held(on_b) and a.totals() == b.totals() == (1, 0)
+    assert b.link.db.purge_epoch()[:2] == (0, 0)

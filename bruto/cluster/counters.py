@@ -18,7 +18,7 @@ from bruto.shm.region import Region
 
 CLUSTER = Layout(
     kind=b"cluster",
-    version=2,
+    version=3,
     counters=np.dtype([
         ("claims", "<i8"),                 # claim statements that succeeded
         ("claimed", "<i8"),                # ids claimed for the first time
@@ -36,6 +36,9 @@ CLUSTER = Layout(
         ("takeovers", "<i8"),              # lost hosts this host took over
         ("taken_over", "<i8"),             # their payments this host's outbox took in (as lookups)
         ("fenced", "<i8"),                 # payments dropped here because another host had taken them over
+        # Until when (epoch µs) this host's shared memory may answer without asking the database whether
+        # a purge asked on another host is still to be applied here (bruto.cluster.link keep_current).
+        ("purges_current_until", "<i8"),
     ]),
     record=np.dtype([("unused", "<i8")]),
 )
@@ -48,6 +51,14 @@ def cluster_path(shm_dir: str) -> str:
 def open_cluster(shm_dir: str) -> Region:
     """The region, created if missing (the dispatcher's side)."""
     return Region.open(cluster_path(shm_dir), CLUSTER, 1)
+
+
+def attach_cluster(shm_dir: str):
+    """The counters, read-only, or None when no dispatcher has created them yet (a reader's side)."""
+    path = cluster_path(shm_dir)
+    if not os.path.exists(path):
+        return None
+    return Region.attach(path, CLUSTER, 1, writable=False).counters
 
 
 def read_cluster(shm_dir: str) -> dict[str, int] | None:

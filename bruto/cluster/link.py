@@ -148,6 +148,9 @@ class ClusterLink:
                 self.epoch = epoch
             self.keep_current(outbox)  # before anything is sent on this renewal: purges asked elsewhere
             outbox.send_until = asked_at + self.lease_us * 3 // 4
+            # As long as the lease holds with a margin: a purge committed later waits for this host
+            # until it has applied it, or until its lease lapsed, after this moment.
+            self.counters["purges_current_until"] = outbox.send_until
             self.counters["lease_held"] = 1
             self.counters["renewals"] += 1
             self._up()

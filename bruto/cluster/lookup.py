@@ -62,7 +62,8 @@ APPLICATION_NAME = "bruto-lookup"
 
 _RECORD = """
 SELECT c.host_id, coalesce(claimer.label, c.host_id::text), (extract(epoch FROM c.claimed_at) * 1000000)::bigint,
-       p.processor, p.amount_cents, p.requested_at, coalesce(publisher.label, p.host_id::text)
+       p.processor, p.amount_cents, p.requested_at, coalesce(publisher.label, p.host_id::text),
+       (SELECT h.purge_epoch < e.epoch FROM bruto_hosts h, bruto_purge_epoch e WHERE h.host_id = %(host)s)
 FROM (SELECT %(id)s::uuid AS correlation_id) wanted
 LEFT JOIN bruto_claims c ON c.correlation_id = wanted.correlation_id
 LEFT JOIN bruto_payments p ON p.correlation_id = wanted.correlation_id
@@ -78,6 +79,9 @@ NO_RECORD = (". The cluster's record has no claim or confirmation of it either: 
 NOT_HERE = ("no payment {id} on this host ({reason}); the cluster's database {why}, and only it knows whether "
             "another host holds one")
 UNREACHABLE = "cannot be reached"
+# The 503's error while this host's shared memory may hold what a purge on another host dropped.
+BEHIND = ("a purge asked on another host is not applied to this host's shared memory yet{why}; "
+          "it answers from it again once it is")
 TOO_SLOW = "did not answer within {} s"
 
 
@@ -97,6 +101,7 @@ class Record:
     claim: Claim | None
     confirmed: Payment | None
     publisher: str = ""  # the label of the host that published the confirmation
+    behind: bool = False  # this host has yet to apply a purge asked on another host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +159,7 @@ class ClusterRecord:
         self._turn = gevent.lock.Semaphore()
         self._said_down = False
 
-    def find(self, correlation_id: bytes) -> Record:
+    def find(self, correlation_id: bytes, host: uuid.UUID | None = None) -> Record:
         """The record of ``correlation_id``; raises Unavailable without an answer within ``timeout_s``."""
         deadline = gevent.Timeout(self.timeout_s)
         deadline.start()
@@ -162,7 +167,7 @@ class ClusterRecord:
         try:
             self._turn.acquire()
             holding = True
-            record = self._find(uuid.UUID(bytes=correlation_id))
+            record = self._find(uuid.UUID(bytes=correlation_id), host)
         except gevent.Timeout as error:
             if error is not deadline:
                 raise
@@ -182,14 +187,14 @@ class ClusterRecord:
             log.info("lookups: PostgreSQL answers again")
         return record
 
-    def _find(self, correlation_id: uuid.UUID) -> Record:
+    def _find(self, correlation_id: uuid.UUID, host: uuid.UUID | None) -> Record:
         while True:
             fresh = self._conn is None
             try:
                 if self._conn is None:
                     self._conn = psycopg.connect(self._url, autocommit=True, application_name=APPLICATION_NAME,
                                                  options=f"-c statement_timeout={int(self.timeout_s * 1000)}")
-                row = self._conn.execute(_RECORD, {"id": correlation_id}).fetchone()
+                row = self._conn.execute(_RECORD, {"id": correlation_id, "host": host}).fetchone()
             except psycopg.OperationalError:
                 self._drop()
                 if fresh:
@@ -213,12 +218,12 @@ class ClusterRecord:
 
 
 def _record(correlation_id: bytes, row: tuple) -> Record:
-    claimer, claimer_label, claimed_at, processor, amount_cents, requested_at, publisher_label = row
+    claimer, claimer_label, claimed_at, processor, amount_cents, requested_at, publisher_label, behind = row
     claim = None if claimer is None else Claim(claimer, claimer_label, claimed_at)
     if processor is None:
-        return Record(claim, None)
+        return Record(claim, None, behind=bool(behind))
     return Record(claim, Payment(correlation_id, "confirmed", amount_cents, PROCESSOR_NAMES[processor], requested_at),
-                  publisher_label)
+                  publisher_label, bool(behind))
 
 
 class ClusterFinder:
@@ -234,14 +239,24 @@ class ClusterFinder:
         self._host = host
         self._label = label
 
-    def answer(self, correlation_id: bytes, local: Payment | NotHeld) -> Answer:
-        if isinstance(local, Payment) and local.state != "waiting":
+    def answer(self, correlation_id: bytes, local: Payment | NotHeld, shm_current: bool = True) -> Answer:
+        """``shm_current``: this host's dispatcher has checked, recently enough, that every purge asked on
+        another host is applied here (bruto.cluster.link ``keep_current``); if not, only the database can say
+        whether ``local`` is still true."""
+        if shm_current and isinstance(local, Payment) and local.state != "waiting":
             return Answer(200, with_fields(local.json(), host=self._label))  # only a claimer sends
         try:
-            record = self._record.find(correlation_id)
+            record = self._record.find(correlation_id, self._host)
         except Unavailable as error:
+            if isinstance(local, Payment) and not shm_current:
+                return Answer(503, orjson.dumps({"error": BEHIND.format(why=f" as far as is known (the cluster's "
+                                                                              f"database {error})")}), retry_after=1)
             if isinstance(local, Payment):
                 return Answer(200, with_fields(local.json(), host=self._label, cluster="unreachable"))
             message = NOT_HERE.format(id=uuid.UUID(bytes=correlation_id), reason=local.reason, why=error)
             return Answer(503, orjson.dumps({"error": message, "reason": local.reason}), retry_after=1)
+        if record.behind and isinstance(local, Payment):
+            return Answer(503, orjson.dumps({"error": BEHIND.format(why="")}), retry_after=1)
+        if not shm_current and isinstance(local, Payment) and local.state != "waiting":
+            return Answer(200, with_fields(local.json(), host=self._label))  # current after all, says the record
         return decide(correlation_id, local, record, self._host, self._label)

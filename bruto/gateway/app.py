@@ -149,6 +149,7 @@ class PaymentState:
         self._counters = counters
         self._finder: PaymentFinder | None = None
         self._cluster = None
+        self._cluster_counters = None
         if settings.database_url:
             # Only with a URL: psycopg, imported after gevent's patch (the worker loads the app after it).
             from bruto.cluster.host import host_id
@@ -158,6 +159,17 @@ class PaymentState:
 
             self._cluster = ClusterFinder(ClusterRecord(settings.database_url), host_id(settings.shm_dir),
                                           host_label(settings.shm_dir))
+
+    def _shm_current(self) -> bool:
+        """Many hosts: whether this host's shared memory has every purge asked elsewhere applied, as far as its
+        dispatcher has checked lately (bruto.cluster.counters ``purges_current_until``)."""
+        if self._cluster_counters is None:
+            from bruto.cluster.counters import attach_cluster
+
+            self._cluster_counters = attach_cluster(self._shm_dir)
+            if self._cluster_counters is None:
+                return False  # no dispatcher has run here yet
+        return now_us() < int(self._cluster_counters["purges_current_until"])
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, correlation_id: str) -> None:
         try:
@@ -176,7 +188,7 @@ class PaymentState:
         found = self._finder.find(raw)
         resp.content_type = JSON
         if self._cluster is not None:
-            answer = self._cluster.answer(raw, found)
+            answer = self._cluster.answer(raw, found, self._shm_current())
             self._counters.response(req.path, answer.status)
             resp.status = answer.status
             resp.data = answer.body

@@ -15,6 +15,8 @@ import psycopg
 from bruto.cluster.database import Database
 from bruto.cluster.host import host_id
 from bruto.cluster.link import ClusterLink
+from bruto.cluster.lookup import ClusterFinder
+from bruto.cluster.lookup import ClusterRecord
 from bruto.cluster.summary import ClusterSummary
 from bruto.config import Settings
 from bruto.dispatcher import routing
@@ -129,6 +131,7 @@ class Host:
             self.outbox.health_reported(processor, Health(False, 0), now_us(), now_us())
         self.link = ClusterLink(self.settings, r.ledger)
         self.summary = ClusterSummary(self.settings, r.ledger)
+        self.cluster_finder = ClusterFinder(ClusterRecord(url), self.link.db.host, name)
 
     def confirm(self) -> bytes:
         """A payment accepted, claimed, sent, stored and published."""
@@ -153,6 +156,11 @@ class Host:
     def totals(self) -> tuple[int, int]:
         return self.summary.totals(None, None).requests
 
+    def lookup(self, correlation_id: bytes) -> int:
+        """GET /payments/{id}'s status on this host, as the route decides it (bruto.gateway.app PaymentState)."""
+        current = now_us() < int(self.link.counters["purges_current_until"])
+        return self.cluster_finder.answer(correlation_id, self.finder.find(correlation_id), current).status
+
 
 def test_a_purge_on_one_host_is_done_once_the_other_live_host_has_emptied_its_shared_memory(tmp_path, database_url):
     a, b = Host(tmp_path, "a", database_url), Host(tmp_path, "b", database_url)
@@ -164,8 +172,9 @@ def test_a_purge_on_one_host_is_done_once_the_other_live_host_has_emptied_its_sh
     ticket = a.ask_purge()
     assert a.link.purge(a.outbox) is False  # b is live and has not applied it: no 200 yet
     assert not a.writer.purges.done(ticket)
+    assert b.lookup(on_b) == 200  # concurrent with a purge not answered yet: either is true
     b.link.hold_lease(b.outbox)  # b's next renewal applies it before it lets anything be sent
-    assert not b.held(on_b) and b.totals() == (0, 0)
+    assert not b.held(on_b) and b.totals() == (0, 0) and b.lookup(on_b) == 404
     assert a.link.purge(a.outbox) is True and a.writer.purges.done(ticket)  # the 200
     assert a.totals() == (0, 0) and not a.held(on_a)
     again = b.confirm()  # an id after the purge is new again, and counts
@@ -191,10 +200,13 @@ def test_a_purge_while_a_host_is_dead_is_done_at_once_and_applied_by_it_before_i
     ticket = a.ask_purge()
     assert a.link.purge(a.outbox) is True and a.writer.purges.done(ticket)  # a lapsed host is not waited for
     assert a.totals() == (0, 0)
-    # b back, before its dispatcher's first renewal: its summary counts nothing of its ledger.
+    # b back, before its dispatcher's first renewal: its summary counts nothing of its ledger, and
+    # its lookups answer nothing from its shared memory.
     assert b.totals() == (0, 0)
+    assert b.held(on_b) and b.lookup(on_b) == 503 and b.lookup(unpublished) == 503
     b.link.hold_lease(b.outbox)  # its first renewal applies the purge before anything is sent
     assert not b.held(on_b) and not b.held(unpublished)
+    assert b.lookup(on_b) == 404 and b.lookup(unpublished) == 404
     b.link.publish_once()
     assert a.totals() == b.totals() == (0, 0)
     assert b.outbox.may_send(now_us())

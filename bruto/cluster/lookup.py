@@ -18,6 +18,12 @@ has not claimed yet. So (docs/SCALING.md has the table with the reasons):
 | not held                       | claimed by this host                 | 404, this host's reason                      |
 | not held                       | no record                            | 404, ``"cluster": "no_record"``              |
 | not held                       | unreachable                          | 503 with Retry-After                         |
+| held, not known current        | this host behind on a purge, or unreachable | 503 with Retry-After              |
+
+"Not known current": the dispatcher has not checked lately that every purge
+asked on another host is applied here (bruto.cluster.counters
+``purges_current_until``, docs/SCALING.md "Purges"); then even the first
+row asks the record.
 
 ``claimed`` is a state of its own, not ``waiting`` or ``in_flight``: the
 record says which host holds the payment, not whether that host has sent it

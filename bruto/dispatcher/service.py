@@ -97,8 +97,7 @@ class Dispatcher:
         self._purge_lock_path = purge_lock_path(settings)
 
     def recover(self) -> None:
-        self.outbox.recover(now_us())
-        self.outbox.stats["dispatcher_pid"] = os.getpid()
+        self.outbox.recover(now_us(), pid=os.getpid())
 
     def run(self) -> None:
         if self.cluster is None:

@@ -239,6 +239,6 @@ def test_a_send_caught_by_its_lease_lapsing_is_queued_again():
     a.accept(payment)
     [send] = a.step()
     a.outbox.withheld(send, a.now)  # the shell found the lease lapsed just before writing it
-    assert a.state(payment) == QUEUED and a.outbox.in_flight == [0, 0]
+    assert a.state(payment) == QUEUED and a.outbox.in_flight == (0, 0)
     [again] = a.step()
     assert again.correlation_id == payment

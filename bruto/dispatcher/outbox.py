@@ -132,13 +132,16 @@ class Outbox:
     def __init__(self, regions: DispatcherRegions, policy: routing.Policy, claiming: bool = False):
         self.policy = policy
         self.claiming = claiming
-        self.metrics = DispatcherMetrics(regions.metrics)
+        self._metrics = DispatcherMetrics(regions.metrics)
         self._in_flight = [0, 0]  # Sends out, per processor
         self._slabs = regions.intake
         self._cursors = regions.dispatch.records
         # The running totals (and the purge being carried out) the inspector reads; the outbox only writes them.
         self._dispatch = regions.dispatch.counters
         self._entries = regions.outbox.records
+        # The state column as a memoryview: read and stored as a plain int, cheaper than numpy's
+        # indexing on the path every payment takes (bruto.dispatcher.metrics says why).
+        self._states = self._entries["state"].data
         self._in_use = regions.outbox.counters
         self._ledger = LedgerWriter(regions.ledger)
         self._ledger_ids = regions.ledger.columns["correlation_id"]
@@ -219,7 +222,7 @@ class Outbox:
                 if dedup.insert(correlation_id, dedup.outbox_ref(index)) is not None:
                     # (a record drained just before a crash, re-drained after it, is counted here too)
                     self._dispatch["duplicates_dropped"] += 1
-                    self.metrics.duplicate_dropped()
+                    self._metrics.duplicate_dropped()
                 else:
                     free.pop()
                     entry = entries[index]
@@ -229,7 +232,7 @@ class Outbox:
                     entry["attempts"] = 0
                     entry["purged"] = 0
                     entry["look_up_other"] = 0
-                    self._move(entry, Event.DRAINED)  # the entry is complete: publish it
+                    self._move(index, Event.DRAINED)  # the entry is complete: publish it
                     self._in_use["in_use"] += 1
                     ready.append(index)
                 drained += 1
@@ -338,7 +341,7 @@ class Outbox:
             entry["announced_ms"] = min(delay_ms, 2**31 - 1)
             entry["attempts"] = 0
             entry["look_up_other"] = 1
-            self._move(entry, Event.ADOPTED)  # last: the entry is complete
+            self._move(index, Event.ADOPTED)  # last: the entry is complete
             self._schedule(index, self._provable_at(index))
             held.append(correlation_id)
         if converted:
@@ -354,7 +357,7 @@ class Outbox:
         self._in_flight[send.processor] -= 1
         self._out[send.processor].pop((send.entry, send.generation), None)
         if send.generation == self._generation[send.entry]:
-            self._move(self._entries[send.entry], Event.WITHHELD)
+            self._move(send.entry, Event.WITHHELD)
             self._schedule(send.entry, now)
 
     def cluster_purges(self) -> list[tuple[int, int, int, list[bytes]]]:
@@ -406,7 +409,7 @@ class Outbox:
         if outcome is not Outcome.UNKNOWN:
             self._recent[processor].append((now, elapsed_us // 1000))
             self._answered_sent_at[processor] = max(self._answered_sent_at[processor], sent_at)
-        self.metrics.answered(processor, outcome, elapsed_us)
+        self._metrics.answered(processor, outcome, elapsed_us)
         self._record_delay(processor, now, elapsed_us // 1000)  # how long this processor takes now
         if send.generation != self._generation[send.entry]:
             return
@@ -422,11 +425,11 @@ class Outbox:
             if entry["purged"]:
                 self._release(index, Event.FAILED_PURGED, forget=True)  # stored nowhere, and purged since: gone
             else:
-                self._move(entry, Event.FAILED)  # nothing was stored: free to go anywhere
+                self._move(index, Event.FAILED)  # nothing was stored: free to go anywhere
                 self._schedule(index, now + RETRY_BACKOFF_US)
         elif outcome is Outcome.DUPLICATE:
             self._succeeded(processor, now)  # it answered, and it has the payment
-            self._move(entry, Event.DUPLICATE)
+            self._move(index, Event.DUPLICATE)
             self._schedule(index, now)  # a lookup tells what it stored
         elif outcome is Outcome.REJECTED:
             self._dispatch["rejected"] += 1
@@ -438,13 +441,13 @@ class Outbox:
         else:
             self._dispatch["unknown"] += 1
             self._set_breaker(processor, breaker.failed, now)
-            self._move(entry, Event.TIMED_OUT)
+            self._move(index, Event.TIMED_OUT)
             self._schedule(index, self._provable_at(index))
 
     def lookup_done(self, lookup: Lookup, found: Stored | Outcome | None, now: int) -> None:
         """The answer to a :class:`Lookup`: Stored, None (404), or Outcome.UNKNOWN."""
         index = lookup.entry
-        self.metrics.looked_up(lookup.processor, found)
+        self._metrics.looked_up(lookup.processor, found)
         if lookup.generation != self._generation[index]:
             return
         entry = self._entries[index]
@@ -454,18 +457,18 @@ class Outbox:
             if entry["look_up_other"]:
                 # Taken over: the other processor may have it. The processor first, then the
                 # flag: a crash between looks the other up once more, never neither.
-                self._move(entry, Event.ABSENT_LOOK_UP_OTHER)
+                self._move(index, Event.ABSENT_LOOK_UP_OTHER)
                 entry["processor"] = 1 - lookup.processor
                 entry["look_up_other"] = 0
                 self._schedule(index, max(now, self._provable_at(index)))
             elif entry["purged"]:
                 self._release(index, Event.ABSENT_PURGED, forget=True)  # stored by no one, and purged since: gone
             else:
-                self._move(entry, Event.ABSENT)  # stored by no one: free to go anywhere, with a new requestedAt
+                self._move(index, Event.ABSENT)  # stored by no one: free to go anywhere, with a new requestedAt
                 self._bump(index)
                 self._ready.appendleft(index)
         else:
-            self._move(entry, Event.UNSETTLED)
+            self._move(index, Event.UNSETTLED)
             backoff = min(LOOKUP_BACKOFF_MAX_US, LOOKUP_BACKOFF_US << min(int(entry["attempts"]), 7))
             due = now + backoff
             if found is None:
@@ -613,9 +616,9 @@ class Outbox:
             entry["requested_at"] = requested_at
             entry["sent_at"] = now
             entry["announced_ms"] = min(announced[processor], 2**31 - 1)
-            self.metrics.attempt(processor, int(entry["attempts"]))
+            self._metrics.attempt(processor, int(entry["attempts"]))
             entry["attempts"] = min(int(entry["attempts"]) + 1, _MAX_ATTEMPTS)
-            self._move(entry, Event.ROUTED)  # written before the request leaves
+            self._move(index, Event.ROUTED)  # written before the request leaves
             self._in_flight[processor] += 1
             self._dispatch["attempts"] += 1
             generation = self._bump(index)
@@ -626,7 +629,7 @@ class Outbox:
 
     def _lookup(self, index: int, now: int) -> Lookup:
         entry = self._entries[index]
-        self._move(entry, Event.LOOKUP_DUE)
+        self._move(index, Event.LOOKUP_DUE)
         entry["attempts"] = min(int(entry["attempts"]) + 1, _MAX_ATTEMPTS)
         self._dispatch["lookups"] += 1
         return Lookup(index, self._bump(index), int(entry["processor"]), entry["correlation_id"].tobytes(), now)
@@ -641,21 +644,22 @@ class Outbox:
             self._dedup.remove(evicted, self._dedup.ledger_ref(slot))
         self._dedup.move(correlation_id, self._dedup.outbox_ref(index), self._dedup.ledger_ref(slot))
         self._dispatch["stored"] += 1
-        self.metrics.confirmed(processor, amount_cents, now - int(entry["accepted_at"]))
+        self._metrics.confirmed(processor, amount_cents, now - int(entry["accepted_at"]))
         self._release(index, event, forget=False)  # after the ledger: a crash between finds the id there
 
     def _release(self, index: int, event: Event, forget: bool) -> None:
         entry = self._entries[index]
         if forget:
             self._dedup.remove(entry["correlation_id"].tobytes(), self._dedup.outbox_ref(index))
-        self._move(entry, event)
+        self._move(index, event)
         self._bump(index)
         self._free.append(index)
         self._in_use["in_use"] -= 1
 
-    def _move(self, entry: np.void, event: Event) -> None:
+    def _move(self, index: int, event: Event) -> None:
         """Every change of an entry's state goes through here, checked against the transition table."""
-        entry["state"] = transitions.after(int(entry["state"]), event)
+        states = self._states
+        states[index] = transitions.after(states[index], event)
 
     def _move_all(self, which: NDArray[np.bool_], event: Event) -> None:
         """_move for the entries ``which`` selects, at once (purges and recovery)."""
@@ -791,7 +795,7 @@ class Outbox:
         self._cursors[slot]["purges_done"] = self._cursors[slot]["purge_claimed"]
         if finished:  # counted once, even when a crash made recovery finish it again
             self._dispatch["purges"] += 1
-            self.metrics.purged()
+            self._metrics.purged()
 
     def _reindex(self, now: int, crashed: bool) -> None:
         """Rebuild what lives in process memory from the regions."""
@@ -800,11 +804,11 @@ class Outbox:
         if crashed:
             sent = states == SENT
             for processor in entries["processor"][sent]:
-                self.metrics.answered_nothing(int(processor))
+                self._metrics.answered_nothing(int(processor))
             self._move_all(sent, Event.CRASHED)  # its answer is lost: the outcome is unknown
         held = np.flatnonzero(states != FREE)
         for index in self._dedup.rebuild(self._ledger.retained(), held):
-            self._move(entries[index], Event.CONFIRMED_BEFORE_CRASH)  # its id is in the ledger: confirmed before a crash
+            self._move(int(index), Event.CONFIRMED_BEFORE_CRASH)  # its id is in the ledger: confirmed before a crash
         self._free = [int(i) for i in np.flatnonzero(states == FREE)[::-1]]
         self._in_use["in_use"] = len(entries) - len(self._free)
         found = np.flatnonzero(states == QUEUED)

@@ -30,6 +30,7 @@ from bruto.config import Settings
 from bruto.config import settings_or_exit
 from bruto.dispatcher import routing
 from bruto.dispatcher.health import HealthPoller
+from bruto.dispatcher.metrics import DispatcherMetrics
 from bruto.dispatcher.outbox import Action
 from bruto.dispatcher.outbox import Lookup
 from bruto.dispatcher.outbox import Outbox
@@ -93,7 +94,9 @@ class Dispatcher:
             clients = (ProcessorClient(settings.default_url, session),
                        ProcessorClient(settings.fallback_url, session))
         self.clients = clients
-        self.poller = HealthPoller(clients, self.regions.health.records, self._polled, self.outbox.metrics)
+        # The poller counts its calls in metrics.bin itself: the outbox's counters are its own.
+        self.poller = HealthPoller(clients, self.regions.health.records, self._polled,
+                                   DispatcherMetrics(self.regions.metrics))
         self._purge_lock_path = purge_lock_path(settings)
 
     def recover(self) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.lock
 
 from bruto.config import Settings
 from bruto.config import settings_or_exit
@@ -94,6 +95,10 @@ class Dispatcher:
             clients = (ProcessorClient(settings.default_url, session),
                        ProcessorClient(settings.fallback_url, session))
         self.clients = clients
+        # Lookups come in bursts (a restart or a takeover finds thousands unresolved): as many at
+        # once as the connection pool holds, the rest wait their turn instead of opening
+        # connections the pool then throws away.
+        self._lookup_slots = gevent.lock.BoundedSemaphore(settings.senders)
         # The poller counts its calls in metrics.bin itself: the outbox's counters are its own.
         self.poller = HealthPoller(clients, self.regions.health.records, self._polled,
                                    DispatcherMetrics(self.regions.metrics))
@@ -163,7 +168,8 @@ class Dispatcher:
 
     def _lookup(self, lookup: Lookup) -> None:
         try:
-            found = self.clients[lookup.processor].lookup(lookup.correlation_id)
+            with self._lookup_slots:  # waiting here only delays the ask: absence is proven later, not wrongly
+                found = self.clients[lookup.processor].lookup(lookup.correlation_id)
         except Exception:
             log.exception("looking up %s failed", lookup.correlation_id.hex())
             found = Outcome.UNKNOWN

@@ -112,3 +112,40 @@ def test_a_purge_the_dispatcher_carries_out_in_time_answers_200(tmp_path):
         worker.join()
     assert answer.status_code == 200
     assert totals(open_ledger(settings), None, None).requests == (0, 0)
+
+
+class Holding(Processor):
+    """Says every payment is a duplicate, so each is looked up at once; its lookups take a while."""
+
+    def __init__(self):
+        super().__init__()
+        self.looking_up = self.most_at_once = 0
+
+    def pay(self, correlation_id, amount_cents, requested_at, timeout_s):
+        self.stored[correlation_id] = (requested_at, amount_cents)
+        return Outcome.DUPLICATE
+
+    def lookup(self, correlation_id, timeout_s=2.0):
+        self.looking_up += 1
+        self.most_at_once = max(self.most_at_once, self.looking_up)
+        gevent.sleep(0.001)
+        self.looking_up -= 1
+        return super().lookup(correlation_id)
+
+
+def test_a_burst_of_lookups_is_carried_out_no_more_at_once_than_the_pool_holds(tmp_path):
+    regions = DispatcherRegions.in_memory(1, 64, 64, 64)
+    default = Holding()
+    dispatcher = Dispatcher(Settings(shm_dir=str(tmp_path), senders=8), regions=regions,
+                            clients=(default, Processor()))
+    dispatcher.recover()
+    writer = IntakeWriter.over(0, regions)
+    for _ in range(40):
+        writer.append(uuid.uuid4().bytes, 100, 0)
+    deadline = time.monotonic() + 20
+    while dispatcher.outbox.stored < 40:
+        assert time.monotonic() < deadline, "the lookups did not finish"
+        run(dispatcher, passes=1)
+        gevent.sleep(0.001)
+    assert default.most_at_once == 8
+    assert totals(regions.ledger, None, None).requests == (40, 0)

@@ -83,7 +83,7 @@ def _drain(settings: Settings, payments: int) -> tuple[float, float]:
     for _ in range(payments):
         writer.append(uuid.uuid4().bytes, 1990, now_us())
     cpu, wall = time.process_time(), time.perf_counter()
-    while int(dispatcher.outbox.stats["stored"]) < payments:
+    while dispatcher.outbox.stored < payments:
         dispatcher.step()
         gevent.sleep(0.001)
     return (time.process_time() - cpu) / payments * 1e6, payments / (time.perf_counter() - wall)

@@ -16,26 +16,11 @@ the dedup index) is rebuilt from them by :meth:`Outbox.recover`. The events
 also count what happened in metrics.bin (bruto.dispatcher.metrics), which
 only the metrics endpoint and the inspector read.
 
-An entry's states (bruto.shm.layout), and what moves it:
-
-| state      | event                          | next state, and what happens                          |
-| ---------- | ------------------------------ | ----------------------------------------------------- |
-| (intake)   | drained, id already held       | dropped as a duplicate                                |
-| (intake)   | drained                        | QUEUED, ready                                         |
-| QUEUED     | routing picks P                | SENT to P, fresh requestedAt; action Send             |
-| SENT       | 200                            | ledger += what was sent; FREE                         |
-| SENT       | 500 / 429 / no connection      | QUEUED, ready again after RETRY_BACKOFF               |
-| SENT       | 422                            | UNRESOLVED on P; lookup at once                       |
-| SENT       | timeout, dropped, other 5XX    | UNRESOLVED on P; lookup once absence is provable      |
-| SENT       | another 4XX                    | FREE (rejected; logged)                               |
-| SENT       | crash                          | UNRESOLVED on P (recovery)                            |
-| UNRESOLVED | lookup due                     | action Lookup on P                                    |
-| UNRESOLVED | lookup: stored                 | ledger += what P stored; FREE                         |
-| UNRESOLVED | lookup: 404, absence proven    | QUEUED, ready at once (may go anywhere)               |
-| UNRESOLVED | the same, ``look_up_other``    | UNRESOLVED on the other processor; lookup when due    |
-| (cluster)  | taken over from a lost host    | UNRESOLVED on default, ``look_up_other``              |
-| UNRESOLVED | lookup: 404 not proven, error  | UNRESOLVED; lookup again later, backing off           |
-| QUEUED     | purge carried out              | FREE (drained before the purge was asked)             |
+An entry's states (bruto.shm.layout) and the events that move it are a table
+in code, bruto.dispatcher.transitions: every change of an entry's state goes
+through :meth:`Outbox._move`, which refuses a move the table does not allow.
+A payment drained while its id is held already takes no entry: it is dropped
+as a duplicate.
 
 Absence is proven (hole 3 of issue 11) when the lookup was asked at least
 ``LOOKUP_MARGIN_US`` after the largest delay P showed or announced since the
@@ -54,15 +39,18 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bruto.dispatcher import breaker
 from bruto.dispatcher import delays
 from bruto.dispatcher import routing
+from bruto.dispatcher import transitions
 from bruto.dispatcher.dedup import DedupIndex
 from bruto.dispatcher.metrics import DispatcherMetrics
 from bruto.dispatcher.outcomes import Health
 from bruto.dispatcher.outcomes import Outcome
 from bruto.dispatcher.outcomes import Stored
+from bruto.dispatcher.transitions import Event
 from bruto.shm.layout import DEFAULT
 from bruto.shm.layout import FALLBACK
 from bruto.shm.layout import FREE
@@ -145,12 +133,16 @@ class Outbox:
     def __init__(self, regions: DispatcherRegions, policy: routing.Policy, claiming: bool = False):
         self.policy = policy
         self.claiming = claiming
-        self.stats = regions.dispatch.counters
-        self.metrics = DispatcherMetrics(regions.metrics)
-        self.in_flight = [0, 0]  # Sends out, per processor
+        self._metrics = DispatcherMetrics(regions.metrics)
+        self._in_flight = [0, 0]  # Sends out, per processor
         self._slabs = regions.intake
         self._cursors = regions.dispatch.records
+        # The running totals (and the purge being carried out) the inspector reads; the outbox only writes them.
+        self._dispatch = regions.dispatch.counters
         self._entries = regions.outbox.records
+        # The state column as a memoryview: read and stored as a plain int, cheaper than numpy's
+        # indexing on the path every payment takes (bruto.dispatcher.metrics says why).
+        self._states = self._entries["state"].data
         self._in_use = regions.outbox.counters
         self._ledger = LedgerWriter(regions.ledger)
         self._ledger_ids = regions.ledger.columns["correlation_id"]
@@ -192,11 +184,11 @@ class Outbox:
 
     # -- events ----------------------------------------------------------------
 
-    def recover(self, now: int) -> None:
-        """Start (or restart after a crash) from what the regions hold."""
+    def recover(self, now: int, pid: int = 0) -> None:
+        """Start (or restart after a crash) from what the regions hold, as process ``pid`` (the inspector shows it)."""
         for slot in self.purges.unfinished():
             self._finish_purge(slot)  # committed before the crash: carry it out to the end
-        self.in_flight = [0, 0]
+        self._in_flight = [0, 0]
         self._out = ({}, {})
         self._answered_sent_at = [0, 0]
         self._slow_since = [0, 0]
@@ -207,7 +199,8 @@ class Outbox:
         self._p90_ms = [int(row["latency_p90_ms"]) for row in rows]
         self._delay_seen = [(0, 0), (0, 0)]
         self._reindex(now, crashed=True)
-        self.stats["started_at"] = now
+        self._dispatch["started_at"] = now
+        self._dispatch["dispatcher_pid"] = pid
         held = len(self._entries) - len(self._free)
         log.info("recovered: %d payments in the outbox, %d in the ledger", held, self._dedup.size - held)
 
@@ -230,8 +223,8 @@ class Outbox:
                 index = free[-1]
                 if dedup.insert(correlation_id, dedup.outbox_ref(index)) is not None:
                     # (a record drained just before a crash, re-drained after it, is counted here too)
-                    self.stats["duplicates_dropped"] += 1
-                    self.metrics.duplicate_dropped()
+                    self._dispatch["duplicates_dropped"] += 1
+                    self._metrics.duplicate_dropped()
                 else:
                     free.pop()
                     entry = entries[index]
@@ -241,7 +234,7 @@ class Outbox:
                     entry["attempts"] = 0
                     entry["purged"] = 0
                     entry["look_up_other"] = 0
-                    entry["state"] = QUEUED  # the entry is complete: publish it
+                    self._move(index, Event.DRAINED)  # the entry is complete: publish it
                     self._in_use["in_use"] += 1
                     ready.append(index)
                 drained += 1
@@ -276,8 +269,8 @@ class Outbox:
                 self._ready.append(index)
             else:
                 # Another host has it: sending it here too could store it twice.
-                self.stats["duplicates_dropped"] += 1
-                self._release(index, forget=True)
+                self._dispatch["duplicates_dropped"] += 1
+                self._release(index, Event.CLAIMED_ELSEWHERE, forget=True)
                 dropped += 1
         return dropped
 
@@ -302,7 +295,7 @@ class Outbox:
         for index, correlation_id in checked:
             entry = self._entries[index]
             if correlation_id in others and entry["state"] != FREE and entry["correlation_id"].tobytes() == correlation_id:
-                self._release(index, forget=True)
+                self._release(index, Event.FENCED, forget=True)
                 dropped.add(index)
         if dropped:
             self._ready = collections.deque(index for index in self._ready if index not in dropped)
@@ -350,7 +343,7 @@ class Outbox:
             entry["announced_ms"] = min(delay_ms, 2**31 - 1)
             entry["attempts"] = 0
             entry["look_up_other"] = 1
-            entry["state"] = UNRESOLVED  # last: the entry is complete
+            self._move(index, Event.ADOPTED)  # last: the entry is complete
             self._schedule(index, self._provable_at(index))
             held.append(correlation_id)
         if converted:
@@ -363,10 +356,10 @@ class Outbox:
 
     def withheld(self, send: Send, now: int) -> None:
         """The shell did not carry a :class:`Send` out (the lease lapsed in between): queued again."""
-        self.in_flight[send.processor] -= 1
+        self._in_flight[send.processor] -= 1
         self._out[send.processor].pop((send.entry, send.generation), None)
         if send.generation == self._generation[send.entry]:
-            self._entries[send.entry]["state"] = QUEUED
+            self._move(send.entry, Event.WITHHELD)
             self._schedule(send.entry, now)
 
     def cluster_purges(self) -> list[tuple[int, int, int, list[bytes]]]:
@@ -385,7 +378,7 @@ class Outbox:
         """Many hosts: a purge asked on another host, committed at ``moment``, is applied to this host's
         regions (bruto.shm.purge ``drop_before``). Returns (the ledger index kept from, every id this host
         still holds: its claims must stay), for the cluster's record (bruto.cluster.link)."""
-        self.purges.drop_before(moment, self._ledger, self._rejected, self._entries)
+        self._move_all(self.purges.drop_before(moment, self._ledger, self._rejected, self._entries), Event.PURGED)
         self._reindex(now, crashed=False)
         log.info("applied a purge asked on another host")
         held = [self._entries[int(i)]["correlation_id"].tobytes() for i in np.flatnonzero(self._entries["state"] != FREE)]
@@ -423,12 +416,12 @@ class Outbox:
     def attempt_done(self, send: Send, outcome: Outcome, now: int, elapsed_us: int) -> None:
         """The answer to a :class:`Send` (or UNKNOWN if it ended any other way)."""
         processor = send.processor
-        self.in_flight[processor] -= 1
+        self._in_flight[processor] -= 1
         sent_at = self._out[processor].pop((send.entry, send.generation), 0)
         if outcome is not Outcome.UNKNOWN:
             self._recent[processor].append((now, elapsed_us // 1000))
             self._answered_sent_at[processor] = max(self._answered_sent_at[processor], sent_at)
-        self.metrics.answered(processor, outcome, elapsed_us)
+        self._metrics.answered(processor, outcome, elapsed_us)
         self._record_delay(processor, now, elapsed_us // 1000)  # how long this processor takes now
         if send.generation != self._generation[send.entry]:
             return
@@ -437,55 +430,57 @@ class Outbox:
         if outcome is Outcome.STORED:
             self._succeeded(processor, now)
             self._latencies[processor].append(elapsed_us // 1000)
-            self._confirm(index, processor, send.requested_at, send.amount_cents, now)
+            self._confirm(index, Event.STORED, processor, send.requested_at, send.amount_cents, now)
         elif outcome is Outcome.FAILED:
-            self.stats["failed"] += 1
+            self._dispatch["failed"] += 1
             self._set_breaker(processor, breaker.failed, now)
             if entry["purged"]:
-                self._release(index, forget=True)  # stored nowhere, and purged since: gone
+                self._release(index, Event.FAILED_PURGED, forget=True)  # stored nowhere, and purged since: gone
             else:
-                entry["state"] = QUEUED  # nothing was stored: free to go anywhere
+                self._move(index, Event.FAILED)  # nothing was stored: free to go anywhere
                 self._schedule(index, now + RETRY_BACKOFF_US)
         elif outcome is Outcome.DUPLICATE:
             self._succeeded(processor, now)  # it answered, and it has the payment
-            entry["state"] = UNRESOLVED
+            self._move(index, Event.DUPLICATE)
             self._schedule(index, now)  # a lookup tells what it stored
         elif outcome is Outcome.REJECTED:
-            self.stats["rejected"] += 1
+            self._dispatch["rejected"] += 1
             log.error("%s rejected payment %s outright; dropping it",
                       PROCESSOR_NAMES[processor], send.correlation_id.hex())
             # Kept where GET /payments/{id} finds it, before the index forgets the id.
             self._rejected.append(send.correlation_id, send.amount_cents, send.requested_at, processor, now)
-            self._release(index, forget=True)
+            self._release(index, Event.REJECTED, forget=True)
         else:
-            self.stats["unknown"] += 1
+            self._dispatch["unknown"] += 1
             self._set_breaker(processor, breaker.failed, now)
-            entry["state"] = UNRESOLVED
+            self._move(index, Event.TIMED_OUT)
             self._schedule(index, self._provable_at(index))
 
     def lookup_done(self, lookup: Lookup, found: Stored | Outcome | None, now: int) -> None:
         """The answer to a :class:`Lookup`: Stored, None (404), or Outcome.UNKNOWN."""
         index = lookup.entry
-        self.metrics.looked_up(lookup.processor, found)
+        self._metrics.looked_up(lookup.processor, found)
         if lookup.generation != self._generation[index]:
             return
         entry = self._entries[index]
         if isinstance(found, Stored):
-            self._confirm(index, lookup.processor, found.requested_at, found.amount_cents, now)
+            self._confirm(index, Event.FOUND, lookup.processor, found.requested_at, found.amount_cents, now)
         elif found is None and self._absence_proven(index, lookup.asked_at):
             if entry["look_up_other"]:
                 # Taken over: the other processor may have it. The processor first, then the
                 # flag: a crash between looks the other up once more, never neither.
+                self._move(index, Event.ABSENT_LOOK_UP_OTHER)
                 entry["processor"] = 1 - lookup.processor
                 entry["look_up_other"] = 0
                 self._schedule(index, max(now, self._provable_at(index)))
             elif entry["purged"]:
-                self._release(index, forget=True)  # stored by no one, and purged since: gone
+                self._release(index, Event.ABSENT_PURGED, forget=True)  # stored by no one, and purged since: gone
             else:
-                entry["state"] = QUEUED  # stored by no one: free to go anywhere, with a new requestedAt
+                self._move(index, Event.ABSENT)  # stored by no one: free to go anywhere, with a new requestedAt
                 self._bump(index)
                 self._ready.appendleft(index)
         else:
+            self._move(index, Event.UNSETTLED)
             backoff = min(LOOKUP_BACKOFF_MAX_US, LOOKUP_BACKOFF_US << min(int(entry["attempts"]), 7))
             due = now + backoff
             if found is None:
@@ -533,6 +528,16 @@ class Outbox:
                        *(self._latency_changes_at(processor, now) for processor in (DEFAULT, FALLBACK))]
             due = min((at for at in (due, *changes) if at is not None), default=None)
         return due
+
+    @property
+    def stored(self) -> int:
+        """Payments confirmed stored (by a 200 or a lookup) since the regions were created."""
+        return int(self._dispatch["stored"])
+
+    @property
+    def in_flight(self) -> tuple[int, int]:
+        """Sends out, per processor (default, fallback)."""
+        return _pair(self._in_flight)
 
     def waiting(self) -> set[int]:
         """Entries with something scheduled: in the ready queue, or a live timer."""
@@ -604,7 +609,7 @@ class Outbox:
         if not self.may_send(now):
             return  # many hosts: this host's lease is not renewed (bruto.cluster.link)
         while self._ready:
-            choice = routing.choose(_pair(self._breakers), latencies, _pair(self.in_flight), now, self.policy,
+            choice = routing.choose(_pair(self._breakers), latencies, _pair(self._in_flight), now, self.policy,
                                     slow_since, is_late)
             if choice is None:
                 return
@@ -618,11 +623,11 @@ class Outbox:
             entry["requested_at"] = requested_at
             entry["sent_at"] = now
             entry["announced_ms"] = min(announced[processor], 2**31 - 1)
-            self.metrics.attempt(processor, int(entry["attempts"]))
+            self._metrics.attempt(processor, int(entry["attempts"]))
             entry["attempts"] = min(int(entry["attempts"]) + 1, _MAX_ATTEMPTS)
-            entry["state"] = SENT  # written before the request leaves
-            self.in_flight[processor] += 1
-            self.stats["attempts"] += 1
+            self._move(index, Event.ROUTED)  # written before the request leaves
+            self._in_flight[processor] += 1
+            self._dispatch["attempts"] += 1
             generation = self._bump(index)
             self._out[processor][(index, generation)] = now
             actions.append(Send(index, generation, processor, entry["correlation_id"].tobytes(),
@@ -631,11 +636,12 @@ class Outbox:
 
     def _lookup(self, index: int, now: int) -> Lookup:
         entry = self._entries[index]
+        self._move(index, Event.LOOKUP_DUE)
         entry["attempts"] = min(int(entry["attempts"]) + 1, _MAX_ATTEMPTS)
-        self.stats["lookups"] += 1
+        self._dispatch["lookups"] += 1
         return Lookup(index, self._bump(index), int(entry["processor"]), entry["correlation_id"].tobytes(), now)
 
-    def _confirm(self, index: int, processor: int, requested_at: int, amount_cents: int, now: int) -> None:
+    def _confirm(self, index: int, event: Event, processor: int, requested_at: int, amount_cents: int, now: int) -> None:
         entry = self._entries[index]
         correlation_id = entry["correlation_id"].tobytes()
         slot = self._ledger.next_slot()
@@ -644,18 +650,33 @@ class Outbox:
             # The index covers what the ledger still holds, so it stays bounded.
             self._dedup.remove(evicted, self._dedup.ledger_ref(slot))
         self._dedup.move(correlation_id, self._dedup.outbox_ref(index), self._dedup.ledger_ref(slot))
-        self.stats["stored"] += 1
-        self.metrics.confirmed(processor, amount_cents, now - int(entry["accepted_at"]))
-        self._release(index, forget=False)  # after the ledger: a crash between finds the id there
+        self._dispatch["stored"] += 1
+        self._metrics.confirmed(processor, amount_cents, now - int(entry["accepted_at"]))
+        self._release(index, event, forget=False)  # after the ledger: a crash between finds the id there
 
-    def _release(self, index: int, forget: bool) -> None:
+    def _release(self, index: int, event: Event, forget: bool) -> None:
         entry = self._entries[index]
         if forget:
             self._dedup.remove(entry["correlation_id"].tobytes(), self._dedup.outbox_ref(index))
-        entry["state"] = FREE
+        self._move(index, event)
         self._bump(index)
         self._free.append(index)
         self._in_use["in_use"] -= 1
+
+    def _move(self, index: int, event: Event) -> None:
+        """Every change of an entry's state goes through here, checked against the transition table."""
+        states = self._states
+        states[index] = transitions.after(states[index], event)
+
+    def _move_all(self, which: NDArray[np.bool_], event: Event) -> None:
+        """_move for the entries ``which`` selects, at once (purges and recovery)."""
+        states = self._entries["state"]
+        chosen = np.flatnonzero(which)
+        before = states[chosen]
+        moved = before.copy()
+        for state in np.unique(before):
+            moved[before == state] = transitions.after(int(state), event)
+        states[chosen] = moved
 
     def _schedule(self, index: int, due: int) -> None:
         heapq.heappush(self._timers, (due, index, self._bump(index)))
@@ -726,7 +747,7 @@ class Outbox:
 
     def _finish_purge(self, slot: int) -> None:
         """Carry out the claimed purge of ``slot`` (again, after a crash: every step is idempotent)."""
-        self.purges.drop(self._ledger, self._rejected, self._entries)
+        self._move_all(self.purges.drop(self._ledger, self._rejected, self._entries), Event.PURGED)
         if self.claiming:
             # Many hosts: done once the cluster's record is purged too (the
             # shell carries that out, then calls cluster_purged).
@@ -736,8 +757,8 @@ class Outbox:
 
     def _purge_done(self, slot: int) -> None:
         if self.purges.finish(slot):  # counted once, even when a crash made recovery finish it again
-            self.stats["purges"] += 1
-            self.metrics.purged()
+            self._dispatch["purges"] += 1
+            self._metrics.purged()
 
     def _reindex(self, now: int, crashed: bool) -> None:
         """Rebuild what lives in process memory from the regions."""
@@ -746,11 +767,11 @@ class Outbox:
         if crashed:
             sent = states == SENT
             for processor in entries["processor"][sent]:
-                self.metrics.answered_nothing(int(processor))
-            states[sent] = UNRESOLVED  # its answer is lost: the outcome is unknown
+                self._metrics.answered_nothing(int(processor))
+            self._move_all(sent, Event.CRASHED)  # its answer is lost: the outcome is unknown
         held = np.flatnonzero(states != FREE)
         for index in self._dedup.rebuild(self._ledger.retained(), held):
-            entries[index]["state"] = FREE  # its id is in the ledger: confirmed just before a crash
+            self._move(int(index), Event.CONFIRMED_BEFORE_CRASH)  # its id is in the ledger: confirmed before a crash
         self._free = [int(i) for i in np.flatnonzero(states == FREE)[::-1]]
         self._in_use["in_use"] = len(entries) - len(self._free)
         found = np.flatnonzero(states == QUEUED)

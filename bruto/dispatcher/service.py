@@ -31,6 +31,7 @@ from bruto.config import Settings
 from bruto.config import settings_or_exit
 from bruto.dispatcher import routing
 from bruto.dispatcher.health import HealthPoller
+from bruto.dispatcher.metrics import DispatcherMetrics
 from bruto.dispatcher.outbox import Action
 from bruto.dispatcher.outbox import Lookup
 from bruto.dispatcher.outbox import Outbox
@@ -98,12 +99,13 @@ class Dispatcher:
         # once as the connection pool holds, the rest wait their turn instead of opening
         # connections the pool then throws away.
         self._lookup_slots = gevent.lock.BoundedSemaphore(settings.senders)
-        self.poller = HealthPoller(clients, self.regions.health.records, self._polled, self.outbox.metrics)
+        # The poller counts its calls in metrics.bin itself: the outbox's counters are its own.
+        self.poller = HealthPoller(clients, self.regions.health.records, self._polled,
+                                   DispatcherMetrics(self.regions.metrics))
         self._purge_lock_path = purge.lock_path(settings)
 
     def recover(self) -> None:
-        self.outbox.recover(now_us())
-        self.outbox.stats["dispatcher_pid"] = os.getpid()
+        self.outbox.recover(now_us(), pid=os.getpid())
 
     def run(self) -> None:
         if self.cluster is None:

@@ -102,7 +102,6 @@ import numpy as np
 from bruto.config import Settings
 from bruto.shm import locks
 from bruto.shm.layout import FREE
-from bruto.shm.layout import QUEUED
 from bruto.shm.ledger import LedgerWriter
 from bruto.shm.region import Region
 from bruto.shm.rejected import RejectedWriter
@@ -264,11 +263,13 @@ class PurgeCarrier:
         """The committed purge's ledger mark: the records below it go."""
         return int(self._dispatch["purge_ledger_below"])
 
-    def drop(self, ledger: LedgerWriter, rejected: RejectedWriter, entries: np.ndarray) -> None:
+    def drop(self, ledger: LedgerWriter, rejected: RejectedWriter, entries: np.ndarray) -> np.ndarray:
         """Step 3's work, the committed purge's drops (again, after a crash: every step is idempotent).
 
-        The ledger below its mark, the rejected ring, intake below the marks,
-        and the outbox ``entries`` accepted before the request.
+        The ledger below its mark, the rejected ring, intake below the marks;
+        of the outbox ``entries``, those accepted before the request are
+        marked ``purged``, and returned (a mask) for the outbox to move
+        (bruto.dispatcher.transitions: queued ones are freed, those out stay).
         """
         ledger.purge(below=self.ledger_below)
         rejected.purge()
@@ -297,11 +298,13 @@ class PurgeCarrier:
         # Queued ones are marked too, as they are freed: their id stays in the
         # free entry until it is reused, and GET /payments/{id} reads it there.
         entries["purged"][purged] = 1
-        states[purged & (states == QUEUED)] = FREE
+        return purged
 
-    def drop_before(self, moment: int, ledger: LedgerWriter, rejected: RejectedWriter, entries: np.ndarray) -> None:
+    def drop_before(self, moment: int, ledger: LedgerWriter, rejected: RejectedWriter,
+                    entries: np.ndarray) -> np.ndarray:
         """A purge asked on another host (many hosts): drop what this host accepted up to ``moment`` (epoch µs,
-        when that purge committed) and everything confirmed so far.
+        when that purge committed) and everything confirmed so far; the entries marked ``purged`` are returned
+        as in :meth:`drop`.
 
         No ticket and no lock here: nothing local asked, and nothing local
         answers. Repeated after a crash it drops the same payments (they are
@@ -319,7 +322,7 @@ class PurgeCarrier:
         states = entries["state"]
         purged = (states != FREE) & (entries["accepted_at"] <= moment)
         entries["purged"][purged] = 1
-        states[purged & (states == QUEUED)] = FREE
+        return purged
 
     def claimed(self, slot: int) -> int:
         """The last ticket of ``slot`` committed to."""

@@ -143,7 +143,7 @@ def test_a_burst_of_lookups_is_carried_out_no_more_at_once_than_the_pool_holds(t
     for _ in range(40):
         writer.append(uuid.uuid4().bytes, 100, 0)
     deadline = time.monotonic() + 20
-    while dispatcher.outbox.stats["stored"] < 40:
+    while dispatcher.outbox.stored < 40:
         assert time.monotonic() < deadline, "the lookups did not finish"
         run(dispatcher, passes=1)
         gevent.sleep(0.001)

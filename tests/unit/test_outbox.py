@@ -34,6 +34,7 @@ from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import DispatcherRegions
 from bruto.shm.ledger import LedgerWriter
 from bruto.shm.ledger import totals
+from bruto.shm.lookup import PaymentFinder
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
@@ -506,3 +507,15 @@ def test_after_an_outage_what_was_learnt_during_it_stops_counting():
     # A health call asked after the recovery counts again.
     world.announce(DEFAULT, 1_500)
     assert world.outbox.latency_ms(DEFAULT, world.now) == 1_500
+
+
+def test_a_payment_rejected_outright_is_dropped_and_found_as_rejected():
+    world = World()
+    payment = world.accept()
+    [send] = world.step()
+    world.outbox.attempt_done(send, Outcome.REJECTED, world.now, 1000)
+    assert world.state(payment) == FREE and world.ledger() == {}
+    assert world.step(60) == []  # never sent again, never looked up
+    r = world.regions
+    found = PaymentFinder(r.intake, r.dispatch, r.outbox, r.ledger, r.index, r.rejected).find(payment)
+    assert found is not None and found.state == "rejected"

@@ -233,12 +233,26 @@ def test_a_host_whose_payments_were_taken_over_drops_them_and_sends_none():
     assert a.step() == [] and a.outbox.poll(a.now) == [] and a.regions.outbox.counters["in_use"] == 0
 
 
+def test_an_unresolved_payment_taken_over_by_another_host_is_never_looked_up_here_again():
+    a = Host("a", {})
+    payment = uuid.uuid4().bytes
+    a.accept(payment)
+    [send] = a.step()
+    a.outbox.attempt_done(send, Outcome.UNKNOWN, a.now, 1000)
+    assert a.state(payment) == UNRESOLVED
+    a.outbox.send_until = a.now  # its lease lapsed, and another host took the payment over
+    assert a.outbox.fenced(a.outbox.claimed_entries(), {payment}) == 1
+    a.outbox.send_until = a.now + 3600 * S
+    a.now += 60 * S
+    assert a.outbox.poll(a.now) == [] and a.state(payment) == FREE
+
+
 def test_a_send_caught_by_its_lease_lapsing_is_queued_again():
     a = Host("a", {})
     payment = uuid.uuid4().bytes
     a.accept(payment)
     [send] = a.step()
     a.outbox.withheld(send, a.now)  # the shell found the lease lapsed just before writing it
-    assert a.state(payment) == QUEUED and a.outbox.in_flight == [0, 0]
+    assert a.state(payment) == QUEUED and a.outbox.in_flight == (0, 0)
     [again] = a.step()
     assert again.correlation_id == payment

@@ -98,6 +98,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bruto.config import Settings
 from bruto.shm import locks
@@ -263,7 +264,7 @@ class PurgeCarrier:
         """The committed purge's ledger mark: the records below it go."""
         return int(self._dispatch["purge_ledger_below"])
 
-    def drop(self, ledger: LedgerWriter, rejected: RejectedWriter, entries: np.ndarray) -> np.ndarray:
+    def drop(self, ledger: LedgerWriter, rejected: RejectedWriter, entries: np.ndarray) -> NDArray[np.bool_]:
         """Step 3's work, the committed purge's drops (again, after a crash: every step is idempotent).
 
         The ledger below its mark, the rejected ring, intake below the marks;
@@ -289,7 +290,7 @@ class PurgeCarrier:
         # say so; if none does, they go when that is known, never sent again
         # (the outbox's transitions read ``purged``).
         states = entries["state"]
-        purged = states != FREE
+        purged: NDArray[np.bool_] = states != FREE
         if after:
             ids = entries["correlation_id"]
             for index in np.flatnonzero(purged):
@@ -301,7 +302,7 @@ class PurgeCarrier:
         return purged
 
     def drop_before(self, moment: int, ledger: LedgerWriter, rejected: RejectedWriter,
-                    entries: np.ndarray) -> np.ndarray:
+                    entries: np.ndarray) -> NDArray[np.bool_]:
         """A purge asked on another host (many hosts): drop what this host accepted up to ``moment`` (epoch µs,
         when that purge committed) and everything confirmed so far; the entries marked ``purged`` are returned
         as in :meth:`drop`.
@@ -320,7 +321,7 @@ class PurgeCarrier:
                 drained += 1  # accepted before the purge, not drained yet: it goes with it
             cursor["drained"] = drained
         states = entries["state"]
-        purged = (states != FREE) & (entries["accepted_at"] <= moment)
+        purged: NDArray[np.bool_] = (states != FREE) & (entries["accepted_at"] <= moment)
         entries["purged"][purged] = 1
         return purged
 

@@ -22,7 +22,7 @@ through :meth:`Outbox._move`, which refuses a move the table does not allow.
 A payment drained while its id is held already takes no entry: it is dropped
 as a duplicate.
 
-Absence is proven (hole 3 of issue 11) when the lookup was asked at least
+Absence is proven when the lookup was asked at least
 ``LOOKUP_MARGIN_US`` after the largest delay P showed or announced since the
 last attempt went out, or announced last before it, and P has answered a
 service-health call made after the attempt (bruto.dispatcher.delays).

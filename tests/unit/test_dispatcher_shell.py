@@ -55,7 +55,7 @@ def run(dispatcher, passes=5):
         gevent.sleep(0)  # the greenlets carrying out the actions
 
 
-def test_hole4_an_exception_in_a_client_leaves_the_payment_scheduled(tmp_path):
+def test_an_exception_in_a_client_leaves_the_payment_scheduled(tmp_path):
     regions = DispatcherRegions.in_memory(1, 16, 16, 64)
     dispatcher = Dispatcher(Settings(shm_dir=str(tmp_path)), regions=regions,
                             clients=(Processor(raises=True), Processor(raises=True)))
@@ -67,7 +67,7 @@ def test_hole4_an_exception_in_a_client_leaves_the_payment_scheduled(tmp_path):
     assert dispatcher.outbox.wake_at(0) is not None
 
 
-def test_hole1_a_purge_answered_503_is_never_carried_out_later(tmp_path):
+def test_a_purge_answered_503_is_never_carried_out_later(tmp_path):
     settings = Settings(shm_dir=str(tmp_path), intake_slots=2, purge_timeout_s=0.05)
     create_all(settings)
     client = falcon.testing.TestClient(create_app(settings))

@@ -129,7 +129,7 @@ def test_a_500_sends_again_after_a_backoff_with_a_fresh_requested_at():
     assert again.requested_at > first.requested_at
 
 
-def test_hole3_an_unresolved_payment_stays_with_its_processor_until_its_absence_is_proven():
+def test_an_unresolved_payment_stays_with_its_processor_until_its_absence_is_proven():
     """Default is down past the patience. Its delay rose to 10 s a moment ago; no poll has
     said so yet. A probe goes out, its connection drops while the request waits inside
     default, and the next probe stays out: fallback is where a requeued payment would go."""
@@ -160,7 +160,7 @@ def test_hole3_an_unresolved_payment_stays_with_its_processor_until_its_absence_
     assert world.ledger() == {payment: (DEFAULT, probe.requested_at)}
 
 
-def test_hole3_absence_is_proven_only_after_the_largest_delay_and_a_poll_since_the_attempt():
+def test_absence_is_proven_only_after_the_largest_delay_and_a_poll_since_the_attempt():
     world = World()
     world.announce(DEFAULT, 0)
     payment = world.accept()
@@ -176,7 +176,7 @@ def test_hole3_absence_is_proven_only_after_the_largest_delay_and_a_poll_since_t
         assert world.state(payment) == (QUEUED if proven else UNRESOLVED)
 
 
-def test_hole5_a_422_then_a_404_backs_off_instead_of_spinning():
+def test_a_422_then_a_404_backs_off_instead_of_spinning():
     world = World()
     payment = world.accept()
     [send] = world.step()
@@ -198,7 +198,7 @@ def test_hole5_a_422_then_a_404_backs_off_instead_of_spinning():
     assert asked <= 8, f"{asked} lookups in 10 s"
 
 
-def test_hole2_a_purge_keeps_what_was_accepted_after_it_was_asked():
+def test_a_purge_keeps_what_was_accepted_after_it_was_asked():
     world = World()
     before = world.accept(0)
     confirmed = world.accept(1)
@@ -217,7 +217,7 @@ def test_hole2_a_purge_keeps_what_was_accepted_after_it_was_asked():
     assert int(world.regions.dispatch.counters["duplicates_dropped"]) == 0
 
 
-def test_hole2_a_purge_drops_what_waited_and_keeps_what_is_out():
+def test_a_purge_drops_what_waited_and_keeps_what_is_out():
     world = World()
     out = world.accept()
     [send] = world.step()
@@ -232,7 +232,7 @@ def test_hole2_a_purge_drops_what_waited_and_keeps_what_is_out():
     assert set(world.ledger()) == {out}
 
 
-def test_hole1_a_cancelled_or_expired_purge_is_never_carried_out():
+def test_a_cancelled_or_expired_purge_is_never_carried_out():
     world = World()
     world.accept()
     world.outbox.attempt_done(world.step()[0], Outcome.STORED, world.now, 1000)
@@ -296,7 +296,7 @@ def test_default_down_past_the_patience_sends_to_fallback():
     assert send.processor == FALLBACK
 
 
-def test_hole6_the_dedup_memory_is_fixed_and_small_per_ledger_record():
+def test_the_dedup_memory_is_fixed_and_small_per_ledger_record():
     capacity = 1 << 17
     regions = DispatcherRegions.in_memory(1, 16, 1024, capacity)
     ids = regions.ledger.columns["correlation_id"]

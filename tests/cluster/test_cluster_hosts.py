@@ -68,22 +68,27 @@ def assert_each_stored_once(processors, ids) -> None:
     assert [len(found) for found in places] == [1] * len(ids)
 
 
-def test_alternated_and_shared_payments_give_one_summary_and_are_stored_once(two_hosts, clean_processors, postgres,
-                                                                             database_url):
-    a, b = two_hosts
-    alternated = [uuid.uuid4() for _ in range(300)]
-    shared = [uuid.uuid4() for _ in range(100)]
-    post_all(a, alternated[0::2])
-    post_all(b, alternated[1::2])
-    # The same ids to both hosts at once.
-    both = [threading.Thread(target=post_all, args=(host, shared)) for host in (a, b)]
+def post_alternated_and_shared(hosts, processors, alternated: int, shared: int) -> None:
+    """``alternated`` new ids posted to the two hosts in turn, then ``shared`` others to both at once; waits
+    until every host's summary is the processors' and checks that each id was stored once."""
+    ids = [uuid.uuid4() for _ in range(alternated)]
+    both_ids = [uuid.uuid4() for _ in range(shared)]
+    post_all(hosts[0], ids[0::2])
+    post_all(hosts[1], ids[1::2])
+    both = [threading.Thread(target=post_all, args=(host, both_ids)) for host in hosts]
     for thread in both:
         thread.start()
     for thread in both:
         thread.join()
-    theirs = wait_converged(two_hosts, clean_processors, 400)
-    assert theirs["default"]["totalRequests"] + theirs["fallback"]["totalRequests"] == 400
-    assert_each_stored_once(clean_processors, alternated + shared)
+    theirs = wait_converged(hosts, processors, alternated + shared)
+    assert theirs["default"]["totalRequests"] + theirs["fallback"]["totalRequests"] == alternated + shared
+    assert_each_stored_once(processors, ids + both_ids)
+
+
+def test_alternated_and_shared_payments_give_one_summary_and_are_stored_once(two_hosts, clean_processors, postgres,
+                                                                             database_url):
+    a, b = two_hosts
+    post_alternated_and_shared(two_hosts, clean_processors, alternated=300, shared=100)
     database = database_url.rsplit("/", 1)[1]
     assert postgres.psql("SELECT count(*), count(DISTINCT host_id) FROM bruto_claims", database) == "400|2"
     assert postgres.psql("SELECT count(*) FROM bruto_payments", database) == "400"

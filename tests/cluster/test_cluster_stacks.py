@@ -9,7 +9,6 @@ starts it.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
@@ -18,7 +17,7 @@ import requests
 from gateway import free_port
 from test_cluster_hosts import Load
 from test_cluster_hosts import assert_each_stored_once
-from test_cluster_hosts import post_all
+from test_cluster_hosts import post_alternated_and_shared
 from test_cluster_hosts import stored
 from test_cluster_hosts import wait_converged
 
@@ -57,20 +56,7 @@ def test_two_stacks_on_one_database_give_one_summary_store_once_and_converge_aft
     try:
         for host in hosts:
             assert cli.main(["up"] + host.args) == 0
-        a, b = hosts
-
-        alternated = [uuid.uuid4() for _ in range(200)]
-        shared = [uuid.uuid4() for _ in range(100)]
-        post_all(a, alternated[0::2])
-        post_all(b, alternated[1::2])
-        both = [threading.Thread(target=post_all, args=(host, shared)) for host in hosts]
-        for thread in both:
-            thread.start()
-        for thread in both:
-            thread.join()
-        theirs = wait_converged(hosts, clean_processors, 300)
-        assert theirs["default"]["totalRequests"] + theirs["fallback"]["totalRequests"] == 300
-        assert_each_stored_once(clean_processors, alternated + shared)
+        post_alternated_and_shared(hosts, clean_processors, alternated=200, shared=100)
 
         # PostgreSQL stopped for 5 s under load, then started: nothing lost or doubled, no operator action.
         with Load(hosts, 1000) as load:

@@ -12,6 +12,7 @@ import uuid
 import pytest
 from gateway import Gateway
 from test_cluster_hosts import EMPTY
+from test_cluster_hosts import assert_each_stored_once
 from test_cluster_hosts import post_all
 from test_cluster_hosts import wait_converged
 from test_cluster_hosts import wait_for
@@ -22,10 +23,6 @@ from bruto.cluster.host import host_id
 from bruto.shm.snapshot import read
 
 pytestmark = pytest.mark.slow  # real processes
-
-
-def stored_where(processors, correlation_id) -> int:
-    return sum(1 for p in (processors.default, processors.fallback) if p.get_payment(str(correlation_id)))
 
 
 LEASE_S = 2  # short: the dead host's lease lapses within seconds
@@ -93,7 +90,7 @@ def test_a_purge_while_a_host_is_dead_is_200_at_once_and_the_host_back_answers_n
         post_all(b, after[1::2])
         theirs = wait_converged(hosts, clean_processors, 40)
         assert theirs["default"]["totalRequests"] + theirs["fallback"]["totalRequests"] == 40
-        assert [stored_where(clean_processors, i) for i in after] == [1] * 40
+        assert_each_stored_once(clean_processors, after)
     finally:
         for host in hosts:
             host.stop()

@@ -10,6 +10,7 @@ Every failure to reach or use the database comes out as :class:`Unavailable`.
 from __future__ import annotations
 
 import logging
+import typing
 import uuid
 
 from bruto.cluster import schema
@@ -63,18 +64,48 @@ ON CONFLICT (correlation_id) DO NOTHING
 """
 
 # One statement, one snapshot: the sums and this host's position agree (the
-# publisher commits rows and position together).
+# publisher commits rows and position together); and whether this host is
+# behind on a purge asked elsewhere, with that purge's moment and the
+# database's clock (to map the moment to this host's).
 _SUMMARY = """
 SELECT -1, (SELECT published FROM bruto_hosts WHERE host_id = %(host)s),
-       (SELECT (h.purge_epoch < c.epoch)::int FROM bruto_hosts h, bruto_purge_epoch c WHERE h.host_id = %(host)s)
+       (SELECT (h.purge_epoch < c.epoch)::int FROM bruto_hosts h, bruto_purge_epoch c WHERE h.host_id = %(host)s),
+       (SELECT (extract(epoch FROM purged_at) * 1e6)::bigint FROM bruto_purge_epoch),
+       (extract(epoch FROM clock_timestamp()) * 1e6)::bigint
 UNION ALL
-SELECT processor, count(*), sum(amount_cents) FROM bruto_payments
+SELECT processor, count(*), sum(amount_cents), NULL, NULL FROM bruto_payments
 WHERE requested_at >= %(since)s AND requested_at <= %(until)s
 GROUP BY processor
 """
 
 EARLIEST = -(2**63)
 LATEST = 2**63 - 1
+
+
+def local_moment(moment: int, db_now: int, asked: int) -> int:
+    """A moment of the database's clock (epoch µs) in this host's, by the database's ``db_now`` read by a
+    statement asked at ``asked`` here: taken as read as early as it could have been.
+
+    The answer may reach a busy dispatcher's greenlet milliseconds after the
+    database read its clock; any later guess could place the moment after
+    confirmations the processors made after the purge, and a purge applied
+    on that moment would drop them. The earliest guess can only keep a
+    little more: confirmations concurrent with the purge, which the
+    processors hold too.
+    """
+    return moment + asked - db_now
+
+
+class Confirmations(typing.NamedTuple):
+    """Ledger records as the record takes them: one list per column."""
+
+    ids: list[bytes]
+    processors: list[int]
+    amounts: list[int]
+    requested_at: list[int]
+
+
+NOTHING = Confirmations([], [], [], [])
 
 
 class Unavailable(RuntimeError):
@@ -301,8 +332,8 @@ class Database:
                 # The cluster's purge epoch moves on: every other host's shared memory applies it
                 # (apply_purge). This host applied it already (the local part came first), unless it
                 # was behind on an earlier one: then it applies them at its next check, as the others.
-                params["epoch"] = conn.execute("UPDATE bruto_purge_epoch SET epoch = epoch + 1, "
-                                               "purged_at = clock_timestamp() RETURNING epoch").fetchone()[0]
+                params["epoch"] = conn.execute("UPDATE bruto_purge_epoch SET epoch = epoch + 1 "
+                                               "RETURNING epoch").fetchone()[0]
                 conn.execute("UPDATE bruto_purges SET epoch = %(epoch)s WHERE host_id = %(host)s "
                              "AND slot = %(slot)s AND ticket = %(ticket)s", params)
                 conn.execute("UPDATE bruto_hosts SET purge_epoch = %(epoch)s WHERE host_id = %(host)s "
@@ -313,6 +344,10 @@ class Database:
                              "AND NOT (correlation_id = ANY(%(held)s::uuid[]))", params)
                 conn.execute("DELETE FROM bruto_payments")
                 conn.execute("UPDATE bruto_hosts SET published = %(kept_from)s WHERE host_id = %(host)s", params)
+                # The moment every other host drops what it confirmed up to, and keeps what came after:
+                # after the deletes, so a confirmation after it was published after them too, and
+                # neither they nor the claims' delete saw it (docs/SCALING.md, "Purges").
+                conn.execute("UPDATE bruto_purge_epoch SET purged_at = clock_timestamp()")
             return True
 
         return self._run(work)
@@ -339,47 +374,68 @@ class Database:
         """(the cluster's purge epoch, the epoch this host has applied, when the latest purge committed as
         epoch µs of this host's clock, mapped through the database's)."""
         def work(conn):
-            return conn.execute(
+            asked = now_us()
+            row = conn.execute(
                 "SELECT c.epoch, h.purge_epoch, (extract(epoch FROM c.purged_at) * 1e6)::bigint, "
                 "(extract(epoch FROM clock_timestamp()) * 1e6)::bigint "
                 "FROM bruto_purge_epoch c, bruto_hosts h WHERE h.host_id = %s", (self.host,)).fetchone()
+            return row, asked
 
-        epoch, applied, purged_at, db_now = self._run(work)
-        return int(epoch), int(applied), now_us() + int(purged_at) - int(db_now)
+        (epoch, applied, purged_at, db_now), asked = self._run(work)
+        return int(epoch), int(applied), local_moment(int(purged_at), int(db_now), asked)
 
-    def apply_purge(self, epoch: int, kept_from: int, held: list[bytes]) -> None:
-        """This host's shared memory applied the cluster's purges up to ``epoch``: its claims go but those of
-        the ids it still holds (``held``), and it publishes its ledger again from ``kept_from``."""
-        params = {"host": self.host, "epoch": epoch, "kept_from": kept_from,
-                  "held": [uuid.UUID(bytes=raw) for raw in held]}
+    def apply_purge(self, epoch: int, upto: int, held: list[bytes], kept: Confirmations = NOTHING) -> None:
+        """This host's shared memory applied the cluster's purges up to ``epoch``, keeping what it confirmed
+        after the latest one committed (``kept``, its ledger up to index ``upto``): its claims go but those
+        of the ids it still holds (``held``, the kept ones among them), its rows go but the kept ones, and
+        the kept ones are in the record with their claims once this commits; it publishes from ``upto``.
+
+        ``kept`` is written again rather than trusted to be there: a confirmation this host made just
+        after the purge's moment, as its clock maps it, may have been published before the purge's
+        deletes ran (ON CONFLICT: a row or claim there stays as it is).
+        """
+        params = {"host": self.host, "epoch": epoch, "upto": upto,
+                  "held": [uuid.UUID(bytes=raw) for raw in held], "ids": [uuid.UUID(bytes=raw) for raw in kept.ids],
+                  "processors": kept.processors, "amounts": kept.amounts, "requested_at": kept.requested_at}
 
         def work(conn):
             with conn.transaction():
                 conn.execute("SELECT epoch FROM bruto_purge_epoch FOR SHARE")  # no purge commits meanwhile
                 conn.execute("DELETE FROM bruto_claims WHERE host_id = %(host)s AND resolve_after IS NULL "
                              "AND NOT (correlation_id = ANY(%(held)s::uuid[]))", params)
-                # What this host published since the purge committed came from its ledger before the
-                # local part (the purge deleted the rest): it goes, as that ledger's records did.
-                conn.execute("DELETE FROM bruto_payments WHERE host_id = %(host)s", params)
-                conn.execute("UPDATE bruto_hosts SET published = %(kept_from)s, "
+                # What this host published of what it confirmed up to the purge goes, as those ledger
+                # records did; what it confirmed after stays, and is there.
+                conn.execute("DELETE FROM bruto_payments WHERE host_id = %(host)s "
+                             "AND NOT (correlation_id = ANY(%(ids)s::uuid[]))", params)
+                conn.execute(_PUBLISH, params)
+                conn.execute("INSERT INTO bruto_claims (correlation_id, host_id, amount_cents) "
+                             "SELECT id, %(host)s, amount FROM unnest(%(ids)s::uuid[], %(amounts)s::bigint[]) "
+                             "AS kept (id, amount) ON CONFLICT (correlation_id) DO NOTHING", params)
+                conn.execute("UPDATE bruto_hosts SET published = %(upto)s, "
                              "purge_epoch = greatest(purge_epoch, %(epoch)s) WHERE host_id = %(host)s", params)
 
         self._run(work)
 
-    def summary(self, since: int | None, until: int | None) -> tuple[int, list[int], list[int]]:
-        """(this host's position, requests per processor, cents per processor) in [since, until], inclusive."""
+    def summary(self, since: int | None, until: int | None) -> tuple[int, int | None, list[int], list[int]]:
+        """(this host's position, the moment of the purge this host is behind on or None, requests per processor,
+        cents per processor) in [since, until], inclusive; the moment in epoch µs of this host's clock."""
         params = {"host": self.host, "since": EARLIEST if since is None else since,
                   "until": LATEST if until is None else until}
 
         def work(conn):
-            return conn.execute(_SUMMARY, params).fetchall()
+            asked = now_us()
+            rows = conn.execute(_SUMMARY, params).fetchall()
+            return rows, asked
 
-        published, requests, cents = 0, [0, 0], [0, 0]
-        for processor, count, total in self._run(work):
+        published, behind, requests, cents = 0, None, [0, 0], [0, 0]
+        rows, asked = self._run(work)
+        for processor, count, total, purged_at, db_now in rows:
             if processor == -1:
-                # Behind on a purge asked elsewhere: this host's ledger goes whole when it applies it
-                # (bruto.shm.purge drop_before), so none of its unpublished confirmations count.
-                published = LATEST if total else (count or 0)
+                published = count or 0
+                if total:
+                    # Behind on a purge asked elsewhere: what this host's ledger holds from up to its
+                    # moment goes when it applies it (bruto.shm.purge drop_before), so none of that counts.
+                    behind = local_moment(int(purged_at), int(db_now), asked)
             else:
                 requests[processor], cents[processor] = int(count), int(total)
-        return published, requests, cents
+        return published, behind, requests, cents

@@ -31,6 +31,7 @@ import gevent.lock
 import numpy as np
 
 from bruto.cluster.counters import open_cluster
+from bruto.cluster.database import Confirmations
 from bruto.cluster.database import Database
 from bruto.cluster.database import Fenced
 from bruto.cluster.database import Unavailable
@@ -212,15 +213,18 @@ class ClusterLink:
                 self.db.publish([], [], [], [], upto=first)
                 self._position = first
             return 0
-        slots = np.arange(first, last) % capacity
-        columns = self._ledger.columns
-        ids = [raw.tobytes() for raw in columns["correlation_id"][slots]]
-        self.counters["published"] += self.db.publish(
-            ids, columns["processor"][slots].tolist(), columns["amount_cents"][slots].tolist(),
-            columns["requested_at"][slots].tolist(), upto=last)
+        self.counters["published"] += self.db.publish(*self._records(first, last), upto=last)
         self._position = last
         self.counters["unpublished"] = count - last
         return last - first
+
+    def _records(self, first: int, last: int) -> Confirmations:
+        """The ledger's records ``first`` to ``last - 1``, as the cluster's record takes them."""
+        slots = np.arange(first, last) % self._ledger.capacity
+        columns = self._ledger.columns
+        return Confirmations([raw.tobytes() for raw in columns["correlation_id"][slots]],
+                             columns["processor"][slots].tolist(), columns["amount_cents"][slots].tolist(),
+                             columns["requested_at"][slots].tolist())
 
     # -- purges ------------------------------------------------------------------
 
@@ -248,15 +252,19 @@ class ClusterLink:
         Run at every lease renewal, before the renewal lets the outbox send:
         a host back from the dead applies them before it sends anything. The
         purging host waits for every live host to have applied its purge
-        before it answers 200 (:meth:`purge`).
+        before it answers 200 (:meth:`purge`). What this host confirmed after
+        the purge's moment stays, in its ledger and in the cluster's record.
+        Those records are few: a host sends only within the window of its
+        last renewal, which checked the epoch first, so they are at most what
+        one renewal interval confirms (one send window, if renewals failed).
         """
         epoch, applied, moment = self.db.purge_epoch()
         if applied >= epoch:
             return
         with self._record:  # no publication between the local part and the record's
-            kept_from, held = outbox.apply_cluster_purge(moment, now_us())
-            self.db.apply_purge(epoch, kept_from, held)
-            self._position = kept_from
+            first, count, held = outbox.apply_cluster_purge(moment, now_us())
+            self.db.apply_purge(epoch, count, held, self._records(first, count))
+            self._position = count
         log.info("applied the cluster's purges up to epoch %d (asked on other hosts)", epoch)
 
     def run_publisher(self) -> None:

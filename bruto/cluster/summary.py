@@ -7,7 +7,9 @@ shared memory: they are confirmed, counted nowhere else yet. So this host's
 summary never lags its own confirmations (the consistency probe's window ends
 at now - 2 s in the final, now - 1.5 s in the preview), and other hosts'
 confirmations reach it one publication later (bruto.cluster.link:
-PUBLISH_INTERVAL_S plus a commit). No database: :class:`Unavailable`, which
+PUBLISH_INTERVAL_S plus a commit). While this host is behind on a purge asked
+on another host, only its confirmations made after that purge's moment are
+added: the others go when it applies the purge. No database: :class:`Unavailable`, which
 the route answers with 503, never a partial figure.
 """
 
@@ -24,8 +26,10 @@ from bruto.shm.ledger import Totals
 from bruto.shm.region import Region
 
 
-def unpublished(ledger: Region, published: int, since: int | None, until: int | None) -> tuple[list[int], list[int]]:
-    """(requests, cents) per processor of the ledger's records from index ``published`` on, in the window."""
+def unpublished(ledger: Region, published: int, since: int | None, until: int | None,
+                confirmed_after: int | None = None) -> tuple[list[int], list[int]]:
+    """(requests, cents) per processor of the ledger's records from index ``published`` on, in the window
+    (and, given ``confirmed_after``, confirmed after that moment: the others go with a purge not applied yet)."""
     counters = ledger.counters
     count = int(counters["count"])  # the publication counter first (bruto.shm.region)
     first = max(published, int(counters["start"]), count - ledger.capacity)
@@ -40,6 +44,8 @@ def unpublished(ledger: Region, published: int, since: int | None, until: int | 
         selected &= requested_at >= since
     if until is not None:
         selected &= requested_at <= until
+    if confirmed_after is not None:
+        selected &= columns["confirmed_at"][slots] > confirmed_after
     processors = columns["processor"][slots]
     amounts = columns["amount_cents"][slots]
     for processor in (0, 1):
@@ -64,7 +70,7 @@ class ClusterSummary:
 
     def totals(self, since: int | None, until: int | None) -> Totals:
         """The cluster's totals in [since, until] (inclusive); raises Unavailable without the database."""
-        published, requests, cents = self.db.summary(since, until)
-        own_requests, own_cents = unpublished(self._ledger, published, since, until)
+        published, behind, requests, cents = self.db.summary(since, until)
+        own_requests, own_cents = unpublished(self._ledger, published, since, until, confirmed_after=behind)
         return Totals((requests[0] + own_requests[0], requests[1] + own_requests[1]),
                       (cents[0] + own_cents[0], cents[1] + own_cents[1]), truncated=False)

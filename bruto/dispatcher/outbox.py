@@ -149,7 +149,6 @@ class Outbox:
         self._health = regions.health.records
         self._rejected = RejectedWriter(regions.rejected)
         self.purges = PurgeCarrier(regions.intake, regions.dispatch)  # the protocol, both sides: bruto.shm.purge
-        self._ledger_counters = regions.ledger.counters  # where a purge asked on another host keeps from
         self._dedup = DedupIndex(regions.ledger.columns["correlation_id"], self._entries["correlation_id"],
                                  regions.index)
         self._generation = [0] * regions.outbox.capacity  # of each entry's one pending timer or action
@@ -374,15 +373,19 @@ class Outbox:
         below = self.purges.ledger_below
         return [(slot, self.purges.claimed(slot), below, held) for slot in sorted(self._cluster_purges)]
 
-    def apply_cluster_purge(self, moment: int, now: int) -> tuple[int, list[bytes]]:
+    def apply_cluster_purge(self, moment: int, now: int) -> tuple[int, int, list[bytes]]:
         """Many hosts: a purge asked on another host, committed at ``moment``, is applied to this host's
-        regions (bruto.shm.purge ``drop_before``). Returns (the ledger index kept from, every id this host
-        still holds: its claims must stay), for the cluster's record (bruto.cluster.link)."""
+        regions (bruto.shm.purge ``drop_before``). Returns, for the cluster's record (bruto.cluster.link),
+        the ledger indexes [first, count) kept (confirmed after ``moment``) and every id this host still
+        holds, in its outbox or among those records: its claims must stay."""
         self._move_all(self.purges.drop_before(moment, self._ledger, self._rejected, self._entries), Event.PURGED)
         self._reindex(now, crashed=False)
         log.info("applied a purge asked on another host")
         held = [self._entries[int(i)]["correlation_id"].tobytes() for i in np.flatnonzero(self._entries["state"] != FREE)]
-        return int(self._ledger_counters["count"]), held
+        for part in self._ledger.retained():
+            held.extend(raw.tobytes() for raw in self._ledger_ids[part])
+        first, count = self._ledger.counted()
+        return first, count, held
 
     @property
     def cluster_purge_pending(self) -> bool:
@@ -645,7 +648,7 @@ class Outbox:
         entry = self._entries[index]
         correlation_id = entry["correlation_id"].tobytes()
         slot = self._ledger.next_slot()
-        evicted = self._ledger.append(correlation_id, requested_at, amount_cents, processor)
+        evicted = self._ledger.append(correlation_id, requested_at, amount_cents, processor, now)
         if evicted is not None:
             # The index covers what the ledger still holds, so it stays bounded.
             self._dedup.remove(evicted, self._dedup.ledger_ref(slot))

@@ -156,7 +156,7 @@ OUTBOX = Layout(
 
 LEDGER = Layout(
     kind=b"ledger",
-    version=1,
+    version=2,
     counters=np.dtype([
         ("count", "<i8"),          # records ever appended; slot = index % capacity
         ("start", "<i8"),          # first index still counted (moved by purges)
@@ -167,6 +167,9 @@ LEDGER = Layout(
         ("requested_at", "<i8"),
         ("amount_cents", "<i8"),
         ("processor", "u1"),
+        # When the dispatcher learned of it: a purge asked on another host drops what was
+        # confirmed up to its commit and keeps what came after (bruto.shm.purge drop_before).
+        ("confirmed_at", "<i8"),
     ]),
     # Summaries scan requested_at, amount_cents and processor over the whole
     # ring: one contiguous array each makes that a few memory-bound passes.

@@ -3,7 +3,8 @@
 A ring written only by the dispatcher, stored by columns (one contiguous
 array per field). ``count`` grows forever and record ``i`` lives at
 ``i % capacity``; ``start`` is the first index that still counts (a purge
-moves it to ``count``). When the ring wraps, the oldest record is overwritten
+moves it to ``count``, a purge asked on another host past what was confirmed
+before it committed: :meth:`LedgerWriter.confirmed_after`). When the ring wraps, the oldest record is overwritten
 and ``evicted_until`` remembers the latest ``requested_at`` lost that way, so a
 summary can tell whether its window reaches lost data.
 """
@@ -29,9 +30,12 @@ class LedgerWriter:
         self._requested_at = columns["requested_at"]
         self._amounts = columns["amount_cents"]
         self._processors = columns["processor"]
+        self._confirmed_at = columns["confirmed_at"]
 
-    def append(self, correlation_id: bytes, requested_at: int, amount_cents: int, processor: int) -> bytes | None:
-        """Record a confirmation; returns the id of the record the ring overwrote, if any."""
+    def append(self, correlation_id: bytes, requested_at: int, amount_cents: int, processor: int,
+               confirmed_at: int = 0) -> bytes | None:
+        """Record a confirmation learned at ``confirmed_at`` (epoch µs; 0: as old as any purge); returns the id
+        of the record the ring overwrote, if any."""
         index = int(self._counters["count"])
         slot = index % self._capacity
         evicted_id = None
@@ -44,6 +48,7 @@ class LedgerWriter:
         self._requested_at[slot] = requested_at
         self._amounts[slot] = amount_cents
         self._processors[slot] = processor
+        self._confirmed_at[slot] = confirmed_at
         self._counters["count"] = index + 1  # publish (see bruto.shm.region)
         return evicted_id
 
@@ -62,6 +67,26 @@ class LedgerWriter:
     def retained(self) -> list[slice]:
         """Ring slots of the records still counted, oldest first, as at most two slices."""
         return _retained(self._region)
+
+    def counted(self) -> tuple[int, int]:
+        """(first, count): the indexes of the records still counted, ``first`` to ``count - 1``."""
+        count = int(self._counters["count"])
+        return max(int(self._counters["start"]), count - self._capacity), count
+
+    def confirmed_after(self, moment: int) -> int:
+        """The ledger index from which every record still counted was confirmed after ``moment`` (epoch µs).
+
+        Records are appended as they are confirmed, so their times rise with
+        the index; should the clock have stepped back, a record confirmed
+        after ``moment`` that sits before one confirmed up to it is counted as
+        confirmed up to it too: what :meth:`purge` drops is a prefix.
+        """
+        first, count = self.counted()
+        if count <= first:
+            return count
+        times = self._confirmed_at[np.arange(first, count) % self._capacity]
+        up_to = np.flatnonzero(times <= moment)
+        return first + int(up_to[-1]) + 1 if len(up_to) else first
 
 
 @dataclasses.dataclass(frozen=True)

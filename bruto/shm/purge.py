@@ -303,18 +303,22 @@ class PurgeCarrier:
 
     def drop_before(self, moment: int, ledger: LedgerWriter, rejected: RejectedWriter,
                     entries: np.ndarray) -> NDArray[np.bool_]:
-        """A purge asked on another host (many hosts): drop what this host accepted up to ``moment`` (epoch µs,
-        when that purge committed) and everything confirmed so far; the entries marked ``purged`` are returned
-        as in :meth:`drop`.
+        """A purge asked on another host (many hosts), committed at ``moment`` (epoch µs): drop what this host
+        accepted and confirmed up to it, keep what came after; the entries marked ``purged`` are returned as
+        in :meth:`drop`.
 
-        No ticket and no lock here: nothing local asked, and nothing local
-        answers. Repeated after a crash it drops the same payments (they are
-        chosen by ``accepted_at``), and a ledger record confirmed in between
-        (an answer to a payment out at the purge) goes too, as one confirmed
-        before the purge.
+        The purging host's own rule, with the commit's moment for its marks:
+        the ledger records and rejections made up to ``moment`` go (by
+        ``confirmed_at``, ``rejected_at``), and the intake records and outbox
+        entries accepted up to it (by ``accepted_at``); of those, the ones out
+        to a processor stay marked ``purged``, kept only if stored. What this
+        host confirmed after ``moment`` stays: the processor stored it after
+        the purge, whatever it was accepted. No ticket and no lock here:
+        nothing local asked, and nothing local answers. Repeated after a crash
+        it drops the same payments (they are chosen by their times).
         """
-        ledger.purge()
-        rejected.purge()
+        ledger.purge(below=ledger.confirmed_after(moment))
+        rejected.purge(up_to=moment)
         for cursor, slab in zip(self._cursors, self._slabs):
             drained, written = int(cursor["drained"]), int(slab.counters["written"])
             while drained < written and int(slab.records[drained % slab.capacity]["accepted_at"]) <= moment:

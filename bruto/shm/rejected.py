@@ -34,8 +34,19 @@ class RejectedWriter:
         record["rejected_at"] = rejected_at
         self._counters["count"] = count + 1  # publish
 
-    def purge(self) -> None:
-        self._counters["start"] = self._counters["count"]
+    def purge(self, up_to: int | None = None) -> None:
+        """Stop counting the rejections made up to ``up_to`` (epoch µs; default: all of them).
+
+        A prefix, as in the ledger (bruto.shm.ledger ``confirmed_after``):
+        the records up to the last one rejected by ``up_to``.
+        """
+        count = int(self._counters["count"])
+        start = max(int(self._counters["start"]), count - self._capacity)
+        if up_to is not None and count > start:
+            times = self._records["rejected_at"][np.arange(start, count) % self._capacity]
+            made = np.flatnonzero(times <= up_to)
+            count = start + int(made[-1]) + 1 if len(made) else start
+        self._counters["start"] = max(int(self._counters["start"]), count)
 
 
 def find(region: Region, correlation_id: bytes, purged: bool = False) -> np.void | None:

@@ -12,6 +12,7 @@ import uuid
 
 import psycopg
 
+from bruto.cluster.database import Confirmations
 from bruto.cluster.database import Database
 from bruto.cluster.host import host_id
 from bruto.cluster.link import ClusterLink
@@ -68,7 +69,7 @@ def test_a_purge_is_reached_only_once_every_live_host_has_applied_it(tmp_path, d
     assert before - 1_000_000 <= purged_at <= now_us() + 1_000_000  # the moment, in b's clock
     assert a.purge_epoch()[:2] == (1, 1)  # a applied it first (the local part comes before the record's)
     assert a.purge_reached(slot=0, ticket=1) is False  # b is live: a's purge waits for it
-    b.apply_purge(epoch, kept_from=0, held=[])
+    b.apply_purge(epoch, upto=0, held=[])
     assert b.purge_epoch()[:2] == (1, 1)
     assert a.purge_reached(slot=0, ticket=1) is True
 
@@ -81,7 +82,7 @@ def test_a_host_whose_lease_lapsed_is_not_waited_for_and_finds_itself_behind(tmp
     assert a.purge(slot=0, ticket=1, kept_from=0, held=[]) is True
     assert a.purge_reached(slot=0, ticket=1) is True  # not waited for ...
     assert dead.purge_epoch()[:2] == (1, 0)  # ... and once back it is behind: it applies before it answers
-    dead.apply_purge(1, kept_from=0, held=[])
+    dead.apply_purge(1, upto=0, held=[])
     assert dead.purge_epoch()[:2] == (1, 1)
 
 
@@ -92,7 +93,7 @@ def test_applying_a_purge_drops_this_hosts_claims_but_what_it_still_holds(tmp_pa
     b.claim([queued, out], [100, 200], epoch=0)
     assert a.purge(slot=0, ticket=1, kept_from=0, held=[]) is True
     assert claims(database_url) == {queued, out}  # a leaves b's unconfirmed claims to b
-    b.apply_purge(1, kept_from=5, held=[out])  # b's purge freed the queued one; the other is out
+    b.apply_purge(1, upto=5, held=[out])  # b's purge freed the queued one; the other is out
     assert claims(database_url) == {out}
     assert b.published() == 5
     assert b.claim([queued], [100], epoch=0) == ({queued}, set())  # its id is new again
@@ -106,9 +107,50 @@ def test_two_purges_in_turn_leave_a_host_behind_on_the_other_ones(tmp_path, data
     assert b.purge_epoch()[:2] == (2, 0)  # its own does not make it current: it still applies a's
     assert a.purge_epoch()[:2] == (2, 1)
     assert not a.purge_reached(0, 1) and not b.purge_reached(0, 1)
-    a.apply_purge(2, kept_from=0, held=[])
-    b.apply_purge(2, kept_from=0, held=[])
+    a.apply_purge(2, upto=0, held=[])
+    b.apply_purge(2, upto=0, held=[])
     assert a.purge_reached(0, 1) and b.purge_reached(0, 1)
+
+
+def payments(url: str) -> set[bytes]:
+    with psycopg.connect(url) as conn:
+        return {row[0].bytes for row in conn.execute("SELECT correlation_id FROM bruto_payments")}
+
+
+def test_applying_a_purge_keeps_the_rows_and_claims_of_what_was_confirmed_after_it(tmp_path, database_url):
+    a, b = a_host(tmp_path, "a", database_url), a_host(tmp_path, "b", database_url)
+    assert a.renew(0, LEASE_MS) and b.renew(0, LEASE_MS)
+    before, published_after, unpublished_after = (uuid.uuid4().bytes for _ in range(3))
+    b.claim([before], [100], epoch=0)
+    b.publish([before], [0], [100], [1_000], upto=1)
+    assert a.purge(slot=0, ticket=1, kept_from=0, held=[]) is True
+    # b, behind, confirms two more: it publishes one of them, and one it confirmed before the purge
+    # that the purge's delete did not see (published after it).
+    b.claim([published_after, unpublished_after], [200, 300], epoch=0)
+    b.publish([before, published_after], [0, 1], [100, 200], [1_000, 2_000], upto=3)
+    assert payments(database_url) == {before, published_after}
+    # It applies the purge: its ledger keeps the two confirmed after it (indexes 2 and 3 of 4).
+    kept = Confirmations([published_after, unpublished_after], [1, 0], [200, 300], [2_000, 3_000])
+    b.apply_purge(1, upto=4, held=[published_after, unpublished_after], kept=kept)
+    assert payments(database_url) == claims(database_url) == {published_after, unpublished_after}
+    assert b.published() == 4 and b.purge_epoch()[:2] == (1, 1)
+    assert b.summary(None, None)[1:] == (None, [1, 1], [300, 200])  # current: every kept one, once
+    b.apply_purge(1, upto=4, held=[published_after, unpublished_after], kept=kept)  # again, after a crash
+    assert b.summary(None, None)[1:] == (None, [1, 1], [300, 200])
+
+
+def test_the_moment_of_a_purge_is_after_its_deletes(tmp_path, database_url):
+    """What another host keeps is what it confirmed after this moment: the purge's deletes saw none of it."""
+    a = a_host(tmp_path, "a", database_url)
+    assert a.renew(0, LEASE_MS)
+    asked = now_us()
+    assert a.purge(slot=0, ticket=1, kept_from=0, held=[]) is True
+    with psycopg.connect(database_url) as conn:
+        purged_at, started = conn.execute("SELECT (extract(epoch FROM e.purged_at) * 1e6)::bigint, "
+                                          "(extract(epoch FROM p.purged_at) * 1e6)::bigint "
+                                          "FROM bruto_purge_epoch e, bruto_purges p").fetchone()
+    assert started < purged_at  # (bruto_purges.purged_at: the transaction's start, its first statement)
+    assert asked - 1_000_000 < a.purge_epoch()[2] < now_us() + 1_000_000
 
 
 # -- two hosts' outboxes and links, in process, on the real database ---------------------------------------
@@ -133,15 +175,16 @@ class Host:
         self.summary = ClusterSummary(self.settings, r.ledger)
         self.cluster_finder = ClusterFinder(ClusterRecord(url), self.link.db.host, name)
 
-    def confirm(self) -> bytes:
-        """A payment accepted, claimed, sent, stored and published."""
+    def confirm(self, publish: bool = True) -> bytes:
+        """A payment accepted, claimed, sent, stored and (unless not ``publish``) published."""
         correlation_id = uuid.uuid4().bytes
         self.writer.append(correlation_id, 1990, now_us())
         self.outbox.drain(now_us())
         self.link.claim(self.outbox)
         [send] = [a for a in self.outbox.poll(now_us()) if isinstance(a, Send)]
         self.outbox.attempt_done(send, Outcome.STORED, now_us(), 1000)
-        self.link.publish_once()
+        if publish:
+            self.link.publish_once()
         return correlation_id
 
     def ask_purge(self) -> int:
@@ -224,3 +267,26 @@ def test_a_purge_answered_503_moves_no_epoch_and_empties_no_host(tmp_path, datab
     b.link.hold_lease(b.outbox)
     assert b.held(on_b) and a.totals() == b.totals() == (1, 0)
     assert b.link.db.purge_epoch()[:2] == (0, 0)
+
+
+def test_a_host_applying_a_purge_keeps_and_counts_what_it_confirmed_after_the_commit(tmp_path, database_url):
+    a, b = Host(tmp_path, "a", database_url), Host(tmp_path, "b", database_url)
+    a.link.hold_lease(a.outbox)
+    b.link.hold_lease(b.outbox)
+    before = b.confirm()
+    ticket = a.ask_purge()
+    assert a.link.purge(a.outbox) is False  # committed; b is live and has not applied it
+    published_after = b.confirm()  # b goes on between a's commit and its next renewal
+    unpublished_after = b.confirm(publish=False)
+    # b is behind: its summary counts what it confirmed after the commit, published or not, and
+    # nothing from before; a counts what b has published.
+    assert b.totals() == (2, 0) and a.totals() == (1, 0)
+    b.link.hold_lease(b.outbox)  # it applies the purge
+    assert not b.held(before) and b.lookup(before) == 404
+    assert b.held(published_after) and b.held(unpublished_after)
+    assert b.lookup(published_after) == b.lookup(unpublished_after) == 200
+    assert a.totals() == b.totals() == (2, 0)  # both in the cluster's record now
+    assert claims(database_url) == {published_after, unpublished_after}  # neither can be claimed again
+    assert a.link.purge(a.outbox) is True and a.writer.purges.done(ticket)
+    assert b.link.publish_once() == 0  # nothing is published twice
+    assert a.totals() == b.totals() == (2, 0)

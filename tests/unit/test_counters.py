@@ -31,6 +31,7 @@ from bruto.gateway.validation import parse_payment
 from bruto.shm.intake import IntakeWriter
 from bruto.shm.layout import HEALTH
 from bruto.shm.layout import LATENCY_BOUNDS_US
+from bruto.shm.layout import LEDGER
 from bruto.shm.layout import REJECTIONS
 from bruto.shm.layout import create_all
 from bruto.shm.layout import open_health
@@ -318,7 +319,7 @@ def damage_ledger(shm_dir: str, damage: str) -> str:
         assert damage == "other version"
         f.seek(24)  # the header's version field
         f.write((99).to_bytes(4, "little"))
-        return "layout version 99, expected 1"
+        return f"layout version 99, expected {LEDGER.version}"
 
 
 @pytest.mark.parametrize("damage", ["missing file", "directory", "foreign", "truncated", "short header",

@@ -1,4 +1,4 @@
-"""Ledger sums: inclusive bounds, exact cents, the ring wrapping, purges."""
+"""Ledger sums: inclusive bounds, exact cents, the ring wrapping, purges (by index, and up to a moment)."""
 
 from __future__ import annotations
 
@@ -82,3 +82,36 @@ def test_append_reports_the_id_the_ring_overwrote(region):
 
 def retained_slots(writer: LedgerWriter) -> list[int]:
     return [slot for part in writer.retained() for slot in range(part.start, part.stop)]
+
+
+def confirmed_at(region, times):
+    """A ledger whose record ``i`` was confirmed at ``times[i]``."""
+    writer = LedgerWriter(region)
+    for i, moment in enumerate(times):
+        writer.append(i.to_bytes(16, "big"), moment, 100, DEFAULT, confirmed_at=moment)
+    return writer
+
+
+@pytest.mark.parametrize(("moment", "index"), [(5, 0), (10, 1), (25, 2), (40, 4), (50, 4)])
+def test_the_records_confirmed_after_a_moment_are_the_ledgers_tail_from_that_index(region, moment, index):
+    assert confirmed_at(region, [10, 20, 30, 40]).confirmed_after(moment) == index
+
+
+def test_a_purge_up_to_a_moment_keeps_only_what_was_confirmed_after_it(region):
+    writer = confirmed_at(region, [10, 20, 30, 40])
+    writer.purge(below=writer.confirmed_after(25))
+    assert totals(region, None, None).requests == (2, 0)
+    assert writer.counted() == (2, 4)
+    assert writer.confirmed_after(25) == 2  # applied again: nothing more goes
+    assert writer.confirmed_after(45) == 4 and writer.confirmed_after(1) == 2  # never before the start
+
+
+def test_a_clock_stepped_back_drops_a_prefix_up_to_the_last_record_confirmed_by_the_moment(region):
+    # 30 was confirmed after 25, but before 20's record: what goes is a prefix, up to and with 20.
+    assert confirmed_at(region, [10, 30, 20, 40]).confirmed_after(25) == 3
+
+
+def test_the_bound_reads_only_records_the_ring_still_holds(region):
+    writer = confirmed_at(region, list(range(1, 11)))  # 10 in a ring of 8: records 0 and 1 are overwritten
+    assert writer.counted() == (2, 10)
+    assert writer.confirmed_after(0) == 2 and writer.confirmed_after(5) == 5

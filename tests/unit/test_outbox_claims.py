@@ -25,6 +25,7 @@ from bruto.shm.layout import QUEUED
 from bruto.shm.layout import UNRESOLVED
 from bruto.shm.layout import DispatcherRegions
 from bruto.shm.ledger import totals
+from bruto.shm.rejected import RejectedWriter
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
@@ -256,3 +257,52 @@ def test_a_send_caught_by_its_lease_lapsing_is_queued_again():
     assert a.state(payment) == QUEUED and a.outbox.in_flight == (0, 0)
     [again] = a.step()
     assert again.correlation_id == payment
+
+
+# -- a purge asked on another host (bruto.shm.purge drop_before) -----------------------
+
+
+def test_a_purge_asked_elsewhere_drops_what_was_confirmed_by_its_moment_and_keeps_what_came_after():
+    a = Host("a", {})
+    early, late, out_stored, out_failed, undrained, newer = (uuid.uuid4().bytes for _ in range(6))
+    a.accept(early)
+    [send_early] = a.step()
+    a.outbox.attempt_done(send_early, Outcome.STORED, a.now, 1000)  # confirmed before the purge
+    a.accept(late)
+    [send_late] = a.step()  # out when the purge commits, stored after it
+    a.accept(out_stored)
+    a.accept(out_failed)
+    a.step(claim=False)  # queued when the purge commits, sent after it
+    a.accept(undrained)  # in intake when the purge commits, and still when it is applied
+    moment = a.now
+    a.now += 1000
+    a.outbox.attempt_done(send_late, Outcome.STORED, a.now, 1000)
+    a.claim()
+    sends = {send.correlation_id: send for send in a.outbox.poll(a.now)}
+    assert set(sends) == {out_stored, out_failed}
+    a.accept(newer)  # after the purge
+
+    first, count, held = a.outbox.apply_cluster_purge(moment, a.now)
+    assert (first, count) == (1, 2)  # the ledger keeps `late`, confirmed after the moment
+    assert set(held) == {late, out_stored, out_failed}  # what it holds: their claims stay
+    a.now += 1000
+    a.outbox.attempt_done(sends[out_stored], Outcome.STORED, a.now, 1000)  # out at the purge: kept, stored
+    a.outbox.attempt_done(sends[out_failed], Outcome.FAILED, a.now, 1000)  # out at the purge: gone, not sent again
+    assert [send.correlation_id for send in a.step()] == [newer]  # not `undrained`, nor `out_failed` again
+    ledger = a.regions.ledger
+    kept = {ledger.columns["correlation_id"][slot].tobytes() for slot in range(2, 3)}
+    assert totals(ledger, None, None).requests == (2, 0) and kept == {out_stored}
+    assert a.state(out_failed) == FREE
+
+
+def test_a_purge_asked_elsewhere_keeps_the_rejections_made_after_its_moment():
+    regions = DispatcherRegions.in_memory(1, 16, 16, 64)
+    rejected = RejectedWriter(regions.rejected)
+    for n, at in enumerate((T0, T0 + 10, T0 + 20)):
+        rejected.append(bytes([n]) * 16, 100, at, DEFAULT, rejected_at=at)
+    rejected.purge(up_to=T0 + 10)
+    assert int(regions.rejected.counters["start"]) == 2
+    rejected.purge(up_to=T0)  # never backwards
+    assert int(regions.rejected.counters["start"]) == 2
+    rejected.purge()
+    assert int(regions.rejected.counters["start"]) == 3

@@ -84,9 +84,13 @@ class LedgerWriter:
         first, count = self.counted()
         if count <= first:
             return count
-        times = self._confirmed_at[np.arange(first, count) % self._capacity]
-        up_to = np.flatnonzero(times <= moment)
-        return first + int(up_to[-1]) + 1 if len(up_to) else first
+        return first + prefix_up_to(self._confirmed_at[np.arange(first, count) % self._capacity], moment)
+
+
+def prefix_up_to(times: np.ndarray, moment: int) -> int:
+    """How many of ``times`` (oldest first) a purge at ``moment`` drops: up to the last one not after it."""
+    up_to = np.flatnonzero(times <= moment)
+    return int(up_to[-1]) + 1 if len(up_to) else 0
 
 
 @dataclasses.dataclass(frozen=True)

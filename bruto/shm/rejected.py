@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bruto.shm.ledger import prefix_up_to
 from bruto.shm.region import Region
 
 
@@ -43,9 +44,7 @@ class RejectedWriter:
         count = int(self._counters["count"])
         start = max(int(self._counters["start"]), count - self._capacity)
         if up_to is not None and count > start:
-            times = self._records["rejected_at"][np.arange(start, count) % self._capacity]
-            made = np.flatnonzero(times <= up_to)
-            count = start + int(made[-1]) + 1 if len(made) else start
+            count = start + prefix_up_to(self._records["rejected_at"][np.arange(start, count) % self._capacity], up_to)
         self._counters["start"] = max(int(self._counters["start"]), count)
 
 
